@@ -1,0 +1,11 @@
+//! Syncflow's domain: which entities exist, how their fields validate, hub ids, and
+//! the record and change types every other crate shares. No I/O lives here.
+
+pub mod entity;
+pub mod error;
+pub mod id;
+pub mod record;
+
+pub use entity::{Entity, FieldDef, FieldType, Storage, CUSTOMER, ENTITIES, INVOICE};
+pub use error::FieldError;
+pub use record::{now_timestamp, Change, Op, Record};

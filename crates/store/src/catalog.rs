@@ -1,0 +1,460 @@
+//! Catalog reads and writes. Every write validates first, then in one transaction
+//! updates the record and appends its change row (the transactional outbox), so a
+//! write either happens with its change or not at all.
+
+use serde_json::{Map, Value};
+use sqlx::{ColumnIndex, Decode, Row, Type};
+use syncflow_core::entity::{Entity, FieldType, Storage};
+use syncflow_core::{id::new_id, now_timestamp, FieldError, Op, Record};
+
+use crate::dialect::{Col, Dialect};
+use crate::{on_read, on_write, Result, Store, StoreError};
+
+/// Cursor-paginated list request.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    /// Return records with an id greater than this one.
+    pub after: Option<String>,
+    pub limit: usize,
+    pub include_deleted: bool,
+    /// Equality filters on text fields; e-mail fields compare case-insensitively.
+    pub filters: Vec<(&'static str, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub data: Vec<Record>,
+    pub has_more: bool,
+}
+
+/// Columns every record table has, in the order `decode_record` reads them.
+const BOOKKEEPING: [(&str, Col); 4] = [
+    ("version", Col::Field(Storage::Integer)),
+    ("created_at", Col::Timestamp),
+    ("updated_at", Col::Timestamp),
+    ("deleted_at", Col::Timestamp),
+];
+
+fn select_list(entity: &Entity, d: Dialect) -> String {
+    let mut cols = vec!["id".to_string()];
+    cols.extend(BOOKKEEPING.iter().map(|(n, c)| d.select(n, *c)));
+    cols.extend(
+        entity
+            .fields
+            .iter()
+            .map(|f| d.select(f.name, Col::Field(f.ty.storage()))),
+    );
+    cols.join(", ")
+}
+
+fn insert_sql(entity: &Entity, d: Dialect) -> String {
+    let mut names = vec!["id"];
+    let mut params = vec![d.param(1, Col::Field(Storage::Text))];
+    for (i, (n, c)) in BOOKKEEPING.iter().enumerate() {
+        names.push(n);
+        params.push(d.param(i + 2, *c));
+    }
+    for (i, f) in entity.fields.iter().enumerate() {
+        names.push(f.name);
+        params.push(d.param(i + 2 + BOOKKEEPING.len(), Col::Field(f.ty.storage())));
+    }
+    format!(
+        "INSERT INTO {} ({}) VALUES ({})",
+        entity.plural,
+        names.join(", "),
+        params.join(", ")
+    )
+}
+
+/// `UPDATE … SET <bookkeeping>, <fields> WHERE id = $1`: binds in the same order as
+/// `insert_sql`, so one binding routine serves both.
+fn update_sql(entity: &Entity, d: Dialect) -> String {
+    let mut sets = Vec::new();
+    for (i, (n, c)) in BOOKKEEPING.iter().enumerate() {
+        sets.push(format!("{n} = {}", d.param(i + 2, *c)));
+    }
+    for (i, f) in entity.fields.iter().enumerate() {
+        sets.push(format!(
+            "{} = {}",
+            f.name,
+            d.param(i + 2 + BOOKKEEPING.len(), Col::Field(f.ty.storage()))
+        ));
+    }
+    format!(
+        "UPDATE {} SET {} WHERE id = $1",
+        entity.plural,
+        sets.join(", ")
+    )
+}
+
+fn select_one_sql(entity: &Entity, d: Dialect, for_update: bool) -> String {
+    let lock = if for_update && d == Dialect::Postgres {
+        " FOR UPDATE"
+    } else {
+        ""
+    };
+    format!(
+        "SELECT {} FROM {} WHERE id = $1{lock}",
+        select_list(entity, d),
+        entity.plural
+    )
+}
+
+pub(crate) fn change_insert_sql(d: Dialect) -> String {
+    format!(
+        "INSERT INTO changes (entity, record_id, op, version, origin, snapshot, created_at) \
+         VALUES ($1, $2, $3, $4, $5, {}, {})",
+        d.param(6, Col::Field(Storage::Json)),
+        d.param(7, Col::Timestamp)
+    )
+}
+
+/// Binds a record's id, bookkeeping and fields in `insert_sql`/`update_sql` order.
+macro_rules! bind_record {
+    ($q:expr, $r:expr) => {{
+        let r: &Record = $r;
+        let mut q = $q
+            .bind(r.id.clone())
+            .bind(r.version)
+            .bind(r.created_at.clone())
+            .bind(r.updated_at.clone());
+        q = q.bind(r.deleted_at.clone());
+        for f in r.entity.fields {
+            let v = r.fields.get(f.name).unwrap_or(&Value::Null);
+            q = match f.ty.storage() {
+                Storage::Integer => q.bind(v.as_i64()),
+                Storage::Json => q.bind(if v.is_null() {
+                    None
+                } else {
+                    Some(v.to_string())
+                }),
+                Storage::Text | Storage::Date => q.bind(v.as_str().map(str::to_owned)),
+            };
+        }
+        q
+    }};
+}
+
+/// Appends the change row for `record` and, on PostgreSQL, wakes other nodes.
+macro_rules! append_change {
+    ($tx:expr, $d:expr, $record:expr, $op:expr, $origin:expr) => {{
+        let r: &Record = $record;
+        let sql = change_insert_sql($d);
+        sqlx::query(&sql)
+            .bind(r.entity.name)
+            .bind(r.id.clone())
+            .bind($op.as_str())
+            .bind(r.version)
+            .bind($origin.to_string())
+            .bind(r.to_json().to_string())
+            .bind(r.updated_at.clone())
+            .execute(&mut *$tx)
+            .await?;
+        if $d == Dialect::Postgres {
+            sqlx::query("SELECT pg_notify('syncflow_changes', $1)")
+                .bind(r.entity.name)
+                .execute(&mut *$tx)
+                .await?;
+        }
+    }};
+}
+
+/// Marks the transaction as syncflow's own, so PostgreSQL's capture triggers skip
+/// it (the change row is written by us, with the real origin).
+macro_rules! mark_writer {
+    ($tx:expr, $d:expr) => {
+        if $d == Dialect::Postgres {
+            sqlx::query("SELECT set_config('syncflow.writer', 'on', true)")
+                .execute(&mut *$tx)
+                .await?;
+        }
+    };
+}
+
+/// Fails with a field error for each reference field that does not name a live
+/// record. On PostgreSQL the referenced row is share-locked until commit, so it
+/// cannot be deleted underneath us.
+macro_rules! check_references {
+    ($tx:expr, $d:expr, $entity:expr, $fields:expr, $only_changed_from:expr) => {{
+        let mut errors = Vec::new();
+        for (field, target) in $entity.references() {
+            let Some(value) = $fields.get(field).and_then(Value::as_str) else {
+                continue;
+            };
+            let previous: Option<&Map<String, Value>> = $only_changed_from;
+            if previous.and_then(|p| p.get(field)).and_then(Value::as_str) == Some(value) {
+                continue;
+            }
+            let target = Entity::by_name(target).expect("reference names a known entity");
+            let lock = if $d == Dialect::Postgres {
+                " FOR SHARE"
+            } else {
+                ""
+            };
+            let sql = format!(
+                "SELECT id FROM {} WHERE id = $1 AND deleted_at IS NULL{lock}",
+                target.plural
+            );
+            let found: Option<String> = sqlx::query_scalar(&sql)
+                .bind(value.to_string())
+                .fetch_optional(&mut *$tx)
+                .await?;
+            if found.is_none() {
+                errors.push(FieldError::new(
+                    field,
+                    format!("no {} with id `{value}`", target.name),
+                ));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(StoreError::Invalid(errors));
+        }
+    }};
+}
+
+impl Store {
+    /// Creates a record from a client body (validated here) and logs the change.
+    pub async fn create(
+        &self,
+        entity: &'static Entity,
+        body: &Map<String, Value>,
+        origin: &str,
+    ) -> Result<Record> {
+        let fields = entity.validate_create(body).map_err(StoreError::Invalid)?;
+        let now = now_timestamp();
+        let record = Record {
+            entity,
+            id: new_id(entity.id_prefix),
+            version: 1,
+            created_at: now.clone(),
+            updated_at: now,
+            deleted_at: None,
+            fields,
+        };
+        on_write!(self, |pool, d| {
+            let mut tx = pool.begin().await?;
+            mark_writer!(tx, d);
+            check_references!(tx, d, entity, &record.fields, None);
+            let sql = insert_sql(entity, d);
+            bind_record!(sqlx::query(&sql), &record)
+                .execute(&mut *tx)
+                .await?;
+            append_change!(tx, d, &record, Op::Upsert, origin);
+            tx.commit().await?;
+        });
+        self.notify_written();
+        Ok(record)
+    }
+
+    /// Applies a merge patch. `expected_version` (from `If-Match`) must equal the
+    /// current version. A patch that changes nothing writes nothing.
+    pub async fn update(
+        &self,
+        entity: &'static Entity,
+        id: &str,
+        patch: &Map<String, Value>,
+        expected_version: Option<i64>,
+        origin: &str,
+    ) -> Result<Record> {
+        let record = on_write!(self, |pool, d| {
+            let mut tx = pool.begin().await?;
+            mark_writer!(tx, d);
+            let row = sqlx::query(&select_one_sql(entity, d, true))
+                .bind(id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+            let current = match row {
+                Some(row) => decode_record(entity, &row)?,
+                None => return Err(StoreError::NotFound),
+            };
+            if current.deleted_at.is_some() {
+                return Err(StoreError::NotFound);
+            }
+            if let Some(expected) = expected_version {
+                if expected != current.version {
+                    return Err(StoreError::VersionMismatch {
+                        current: current.version,
+                    });
+                }
+            }
+            let fields = entity
+                .apply_patch(&current.fields, patch)
+                .map_err(StoreError::Invalid)?;
+            if fields == current.fields {
+                return Ok(current);
+            }
+            check_references!(tx, d, entity, &fields, Some(&current.fields));
+            let record = Record {
+                version: current.version + 1,
+                updated_at: now_timestamp(),
+                fields,
+                ..current
+            };
+            let sql = update_sql(entity, d);
+            bind_record!(sqlx::query(&sql), &record)
+                .execute(&mut *tx)
+                .await?;
+            append_change!(tx, d, &record, Op::Upsert, origin);
+            tx.commit().await?;
+            record
+        });
+        self.notify_written();
+        Ok(record)
+    }
+
+    /// Tombstones a record: it stays in the table with `deleted_at` set, so the
+    /// delete can travel to other systems and clients like any other change.
+    pub async fn delete(
+        &self,
+        entity: &'static Entity,
+        id: &str,
+        expected_version: Option<i64>,
+        origin: &str,
+    ) -> Result<Record> {
+        let record = on_write!(self, |pool, d| {
+            let mut tx = pool.begin().await?;
+            mark_writer!(tx, d);
+            let row = sqlx::query(&select_one_sql(entity, d, true))
+                .bind(id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+            let current = match row {
+                Some(row) => decode_record(entity, &row)?,
+                None => return Err(StoreError::NotFound),
+            };
+            if current.deleted_at.is_some() {
+                return Err(StoreError::NotFound);
+            }
+            if let Some(expected) = expected_version {
+                if expected != current.version {
+                    return Err(StoreError::VersionMismatch {
+                        current: current.version,
+                    });
+                }
+            }
+            let now = now_timestamp();
+            let record = Record {
+                version: current.version + 1,
+                updated_at: now.clone(),
+                deleted_at: Some(now),
+                ..current
+            };
+            let sql = update_sql(entity, d);
+            bind_record!(sqlx::query(&sql), &record)
+                .execute(&mut *tx)
+                .await?;
+            append_change!(tx, d, &record, Op::Delete, origin);
+            tx.commit().await?;
+            record
+        });
+        self.notify_written();
+        Ok(record)
+    }
+
+    /// Reads one record, tombstoned or not.
+    pub async fn get(&self, entity: &'static Entity, id: &str) -> Result<Option<Record>> {
+        on_read!(self, |pool, d| {
+            let row = sqlx::query(&select_one_sql(entity, d, false))
+                .bind(id.to_string())
+                .fetch_optional(pool)
+                .await?;
+            row.map(|r| decode_record(entity, &r)).transpose()
+        })
+    }
+
+    /// Lists records in id order (ids are time-ordered), `limit` at a time.
+    pub async fn list(&self, entity: &'static Entity, q: &ListQuery) -> Result<Page> {
+        let limit = q.limit.clamp(1, 1000);
+        let page = on_read!(self, |pool, d| {
+            let mut sql = format!(
+                "SELECT {} FROM {} WHERE TRUE",
+                select_list(entity, d),
+                entity.plural
+            );
+            let mut binds: Vec<String> = Vec::new();
+            if let Some(after) = &q.after {
+                binds.push(after.clone());
+                sql.push_str(&format!(" AND id > ${}", binds.len()));
+            }
+            if !q.include_deleted {
+                sql.push_str(" AND deleted_at IS NULL");
+            }
+            for (field, value) in &q.filters {
+                binds.push(value.clone());
+                let is_email = entity
+                    .field(field)
+                    .is_some_and(|f| f.ty == FieldType::Email);
+                if is_email {
+                    sql.push_str(&format!(" AND lower({field}) = lower(${})", binds.len()));
+                } else {
+                    sql.push_str(&format!(" AND {field} = ${}", binds.len()));
+                }
+            }
+            sql.push_str(&format!(" ORDER BY id LIMIT {}", limit + 1));
+            let mut query = sqlx::query(&sql);
+            for b in binds {
+                query = query.bind(b);
+            }
+            let rows = query.fetch_all(pool).await?;
+            let mut data = rows
+                .iter()
+                .map(|r| decode_record(entity, r))
+                .collect::<Result<Vec<_>>>()?;
+            let has_more = data.len() > limit;
+            data.truncate(limit);
+            Page { data, has_more }
+        });
+        Ok(page)
+    }
+
+    /// Number of records of `entity` (live only).
+    pub async fn count(&self, entity: &'static Entity) -> Result<i64> {
+        on_read!(self, |pool, _d| {
+            let sql = format!(
+                "SELECT COUNT(*) FROM {} WHERE deleted_at IS NULL",
+                entity.plural
+            );
+            Ok(sqlx::query_scalar(&sql).fetch_one(pool).await?)
+        })
+    }
+}
+
+/// Reads a row laid out by `select_list` into a `Record`.
+fn decode_record<'r, R>(entity: &'static Entity, row: &'r R) -> Result<Record>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    Option<String>: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    Option<i64>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let mut fields = Map::with_capacity(entity.fields.len());
+    for (i, f) in entity.fields.iter().enumerate() {
+        let idx = i + 1 + BOOKKEEPING.len();
+        let value = match f.ty.storage() {
+            Storage::Integer => row
+                .try_get::<Option<i64>, _>(idx)?
+                .map_or(Value::Null, Value::from),
+            Storage::Json => match row.try_get::<Option<String>, _>(idx)? {
+                Some(s) => serde_json::from_str(&s).map_err(|e| {
+                    StoreError::Corrupt(format!("{}.{}: {e}", entity.plural, f.name))
+                })?,
+                None => Value::Null,
+            },
+            Storage::Text | Storage::Date => row
+                .try_get::<Option<String>, _>(idx)?
+                .map_or(Value::Null, Value::String),
+        };
+        fields.insert(f.name.to_string(), value);
+    }
+    Ok(Record {
+        entity,
+        id: row.try_get(0)?,
+        version: row.try_get(1)?,
+        created_at: row.try_get(2)?,
+        updated_at: row.try_get(3)?,
+        deleted_at: row.try_get(4)?,
+        fields,
+    })
+}

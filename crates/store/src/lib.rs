@@ -1,0 +1,224 @@
+//! Syncflow's storage: the catalog and its change log (the transactional outbox) on
+//! embedded SQLite or PostgreSQL, chosen by URL.
+//!
+//! Invariant kept here: every catalog write commits in the same transaction as its
+//! change row, and change readers never skip a committed change (see `sequence`).
+//!
+//! Both backends share one implementation: SQL text differs only where `Dialect`
+//! says so, and the `on_write!`/`on_read!` macros expand each method body once per
+//! backend, so the code is written once but type-checked against each driver.
+
+mod catalog;
+mod changes;
+mod dialect;
+mod migrate;
+pub mod testing;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use syncflow_core::FieldError;
+use tokio::sync::watch;
+
+pub use catalog::{ListQuery, Page};
+pub use dialect::Dialect;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("version mismatch: the record is at version {current}")]
+    VersionMismatch { current: i64 },
+    #[error("invalid input")]
+    Invalid(Vec<FieldError>),
+    #[error("unsupported database url `{0}`: use a file path, sqlite:PATH or postgres://…")]
+    BadUrl(String),
+    #[error("migration {version} failed: {source}")]
+    Migration { version: i64, source: sqlx::Error },
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+pub(crate) enum Backend {
+    /// One writer connection (SQLite allows one writer; serialising here avoids
+    /// SQLITE_BUSY and makes `seq` commit-ordered) plus a pool of readers (WAL).
+    Sqlite {
+        write: SqlitePool,
+        read: SqlitePool,
+    },
+    Postgres(PgPool),
+}
+
+/// Handle to the catalog. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: std::sync::Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) backend: Backend,
+    /// Bumped after every local commit that wrote changes, so waiters (long-polls,
+    /// the dispatcher) wake without polling.
+    pub(crate) wake: watch::Sender<u64>,
+}
+
+/// Expands `$body` once per backend with `$pool` bound to the pool that may write.
+macro_rules! on_write {
+    ($store:expr, |$pool:ident, $d:ident| $body:expr) => {
+        match &$store.inner.backend {
+            $crate::Backend::Sqlite { write, .. } => {
+                let $pool = write;
+                let $d = $crate::Dialect::Sqlite;
+                $body
+            }
+            $crate::Backend::Postgres(pg) => {
+                let $pool = pg;
+                let $d = $crate::Dialect::Postgres;
+                $body
+            }
+        }
+    };
+}
+
+/// Like `on_write!`, but on SQLite uses the reader pool.
+macro_rules! on_read {
+    ($store:expr, |$pool:ident, $d:ident| $body:expr) => {
+        match &$store.inner.backend {
+            $crate::Backend::Sqlite { read, .. } => {
+                let $pool = read;
+                let $d = $crate::Dialect::Sqlite;
+                $body
+            }
+            $crate::Backend::Postgres(pg) => {
+                let $pool = pg;
+                let $d = $crate::Dialect::Postgres;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use {on_read, on_write};
+
+impl Store {
+    /// Opens (creating if needed) the database named by `url` and runs migrations.
+    /// `postgres://…` / `postgresql://…` selects PostgreSQL; `sqlite:PATH`,
+    /// `sqlite://PATH` or a bare path selects SQLite.
+    pub async fn open(url: &str) -> Result<Store> {
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let opts =
+                PgConnectOptions::from_str(url).map_err(|_| StoreError::BadUrl(redact(url)))?;
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(opts)
+                .await?;
+            Backend::Postgres(pool)
+        } else {
+            let path = url
+                .strip_prefix("sqlite://")
+                .or_else(|| url.strip_prefix("sqlite:"))
+                .unwrap_or(url);
+            if path.is_empty() || path.contains("://") {
+                return Err(StoreError::BadUrl(redact(url)));
+            }
+            let opts = SqliteConnectOptions::new()
+                .filename(path)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true);
+            let write = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(opts.clone())
+                .await?;
+            // Readers never write, but are opened read-write: a read-only connection
+            // cannot set the journal mode the writer needs.
+            let read = SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(opts)
+                .await?;
+            Backend::Sqlite { write, read }
+        };
+        let (wake, _) = watch::channel(0);
+        let store = Store {
+            inner: std::sync::Arc::new(Inner { backend, wake }),
+        };
+        migrate::run(&store).await?;
+        Ok(store)
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self.inner.backend {
+            Backend::Sqlite { .. } => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Round-trips to the database (for `/readyz`).
+    pub async fn ping(&self) -> Result<()> {
+        on_read!(self, |pool, _d| {
+            sqlx::query("SELECT 1").execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// A receiver that changes whenever this process commits a change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.wake.subscribe()
+    }
+
+    pub(crate) fn notify_written(&self) {
+        self.inner.wake.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Closes every connection, waiting for checked-out ones to be returned. On
+    /// SQLite this checkpoints the WAL so the file is self-contained afterwards.
+    pub async fn close(&self) {
+        match &self.inner.backend {
+            Backend::Sqlite { write, read } => {
+                read.close().await;
+                let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .execute(write)
+                    .await;
+                write.close().await;
+            }
+            Backend::Postgres(pg) => pg.close().await,
+        }
+    }
+}
+
+/// A URL with any password replaced, safe for error messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..scheme_end + 3], user, &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redact_hides_password() {
+        assert_eq!(
+            super::redact("postgres://u:secret@h:5/db"),
+            "postgres://u:***@h:5/db"
+        );
+        assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(super::redact("./syncflow.db"), "./syncflow.db");
+    }
+}

@@ -1,0 +1,71 @@
+//! Schema migrations, embedded in the binary and applied at start-up, each in its
+//! own transaction. On PostgreSQL an advisory lock makes nodes that start together
+//! take turns, so a migration is applied once.
+
+use crate::{on_write, Result, Store, StoreError};
+
+struct Migration {
+    version: i64,
+    name: &'static str,
+    sql: &'static str,
+}
+
+const SQLITE: &[Migration] = &[Migration {
+    version: 1,
+    name: "catalog",
+    sql: include_str!("../migrations/sqlite/0001_catalog.sql"),
+}];
+
+const POSTGRES: &[Migration] = &[Migration {
+    version: 1,
+    name: "catalog",
+    sql: include_str!("../migrations/postgres/0001_catalog.sql"),
+}];
+
+/// Arbitrary constant naming syncflow's migration lock.
+const MIGRATION_LOCK: i64 = 0x5359_4e43_0001;
+
+pub(crate) async fn run(store: &Store) -> Result<()> {
+    on_write!(store, |pool, d| {
+        let list = match d {
+            crate::Dialect::Sqlite => SQLITE,
+            crate::Dialect::Postgres => POSTGRES,
+        };
+        let mut tx = pool.begin().await?;
+        if d == crate::Dialect::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(MIGRATION_LOCK)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS syncflow_migrations (
+                version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM syncflow_migrations")
+            .fetch_all(&mut *tx)
+            .await?;
+        for m in list.iter().filter(|m| !applied.contains(&m.version)) {
+            sqlx::raw_sql(m.sql)
+                .execute(&mut *tx)
+                .await
+                .map_err(|source| StoreError::Migration {
+                    version: m.version,
+                    source,
+                })?;
+            sqlx::query(
+                "INSERT INTO syncflow_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+            )
+            .bind(m.version)
+            .bind(m.name)
+            .bind(syncflow_core::now_timestamp())
+            .execute(&mut *tx)
+            .await?;
+            tracing::info!(version = m.version, name = m.name, "applied migration");
+        }
+        tx.commit().await?;
+    });
+    Ok(())
+}
