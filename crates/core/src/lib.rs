@@ -4,6 +4,7 @@
 pub mod entity;
 pub mod error;
 pub mod id;
+pub mod metrics;
 pub mod record;
 
 pub use entity::{Entity, FieldDef, FieldType, Storage, CUSTOMER, ENTITIES, INVOICE};

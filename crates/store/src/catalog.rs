@@ -242,7 +242,7 @@ impl Store {
             append_change!(tx, d, &record, Op::Upsert, origin);
             tx.commit().await?;
         });
-        self.notify_written();
+        self.notify_written(entity.name, origin);
         Ok(record)
     }
 
@@ -298,7 +298,7 @@ impl Store {
             tx.commit().await?;
             record
         });
-        self.notify_written();
+        self.notify_written(entity.name, origin);
         Ok(record)
     }
 
@@ -347,7 +347,7 @@ impl Store {
             tx.commit().await?;
             record
         });
-        self.notify_written();
+        self.notify_written(entity.name, origin);
         Ok(record)
     }
 

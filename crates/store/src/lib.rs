@@ -21,6 +21,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
+use std::sync::Arc;
+use syncflow_core::metrics::Registry;
 use syncflow_core::FieldError;
 use tokio::sync::watch;
 
@@ -60,7 +62,7 @@ pub(crate) enum Backend {
 /// Handle to the catalog. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    inner: std::sync::Arc<Inner>,
+    inner: Arc<Inner>,
 }
 
 pub(crate) struct Inner {
@@ -68,6 +70,8 @@ pub(crate) struct Inner {
     /// Bumped after every local commit that wrote changes, so waiters (long-polls,
     /// the dispatcher) wake without polling.
     pub(crate) wake: watch::Sender<u64>,
+    /// The process's metrics registry; the store is the root every part shares.
+    pub(crate) metrics: Arc<Registry>,
 }
 
 /// Expands `$body` once per backend with `$pool` bound to the pool that may write.
@@ -150,7 +154,11 @@ impl Store {
         };
         let (wake, _) = watch::channel(0);
         let store = Store {
-            inner: std::sync::Arc::new(Inner { backend, wake }),
+            inner: Arc::new(Inner {
+                backend,
+                wake,
+                metrics: Arc::new(Registry::new()),
+            }),
         };
         migrate::run(&store).await?;
         Ok(store)
@@ -176,7 +184,17 @@ impl Store {
         self.inner.wake.subscribe()
     }
 
-    pub(crate) fn notify_written(&self) {
+    pub fn metrics(&self) -> Arc<Registry> {
+        self.inner.metrics.clone()
+    }
+
+    /// Called after a commit that appended a change: counts it and wakes waiters.
+    pub(crate) fn notify_written(&self, entity: &str, origin: &str) {
+        self.inner.metrics.inc(
+            "syncflow_changes_written_total",
+            &[("entity", entity), ("origin", origin)],
+            1.0,
+        );
         self.inner.wake.send_modify(|n| *n = n.wrapping_add(1));
     }
 

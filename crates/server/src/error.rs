@@ -1,0 +1,120 @@
+//! The HTTP error type. Every failure becomes JSON with a stable `code`; client
+//! mistakes get 4xx with a precise message, internal failures a generic 500 (the
+//! detail goes to the log, not to the caller).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use syncflow_core::FieldError;
+use syncflow_store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    #[error("{0}")]
+    NotFound(String),
+    #[error(
+        "version mismatch: If-Match names version {expected}, the record is at version {current}"
+    )]
+    VersionMismatch { expected: i64, current: i64 },
+    #[error("request body must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error("validation failed")]
+    Invalid(Vec<FieldError>),
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::VersionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Machine-readable and stable: clients branch on this, not on the message.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::VersionMismatch { .. } => "version_mismatch",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::Invalid(_) => "validation_failed",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    pub fn not_found(what: &str, id: &str) -> Self {
+        ApiError::NotFound(format!("no {what} with id `{id}`"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(detail) = &self {
+            tracing::error!(error = %detail, "internal error");
+        }
+        let mut body = json!({"error": {"code": self.code(), "message": self.to_string()}});
+        match &self {
+            ApiError::Invalid(fields) => body["error"]["fields"] = json!(fields),
+            ApiError::VersionMismatch { current, .. } => {
+                body["error"]["current_version"] = json!(current)
+            }
+            _ => {}
+        }
+        let mut resp = (self.status(), Json(body)).into_response();
+        if matches!(self, ApiError::Unauthorized) {
+            resp.headers_mut().insert(
+                "www-authenticate",
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        resp
+    }
+}
+
+/// Maps storage outcomes onto HTTP. `expected` is the If-Match version, if any.
+pub fn from_store(e: StoreError, what: &str, id: &str, expected: Option<i64>) -> ApiError {
+    match e {
+        StoreError::NotFound => ApiError::not_found(what, id),
+        StoreError::VersionMismatch { current } => ApiError::VersionMismatch {
+            expected: expected.unwrap_or_default(),
+            current,
+        },
+        StoreError::Invalid(fields) => ApiError::Invalid(fields),
+        other => other.into(),
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => ApiError::NotFound("not found".into()),
+            StoreError::Invalid(fields) => ApiError::Invalid(fields),
+            StoreError::VersionMismatch { current } => ApiError::VersionMismatch {
+                expected: 0,
+                current,
+            },
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
