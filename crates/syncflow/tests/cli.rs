@@ -1,0 +1,280 @@
+//! The real binary as a user runs it: a separate process, real HTTP, real signals.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_syncflow");
+
+fn temp_dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("syncflow-cli-{}", syncflow_core::id::new_id("d")));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A running `syncflow serve`, its address read from its JSON log.
+struct Hub {
+    child: Child,
+    addr: String,
+    logs: mpsc::Receiver<Value>,
+}
+
+impl Hub {
+    fn start(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Hub {
+        let mut cmd = Command::new(BIN);
+        cmd.current_dir(dir)
+            .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("SYNCFLOW_DATABASE_URL")
+            .env_remove("SYNCFLOW_API_TOKENS")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn syncflow");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let v = serde_json::from_str(&line).unwrap_or_else(|_| json!({"raw": line}));
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut hub = Hub {
+            child,
+            addr: String::new(),
+            logs: rx,
+        };
+        let line = hub.wait_log(|l| l["message"] == "syncflow serving");
+        hub.addr = line["listen"].as_str().unwrap().to_string();
+        hub
+    }
+
+    /// Waits (10 s at most) for a log line matching `pred`.
+    fn wait_log(&self, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.logs.recv_timeout(left) {
+                Ok(line) if pred(&line) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("log line not seen: {e}"),
+            }
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} failed");
+    }
+
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "syncflow did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn post(client: &reqwest::Client, url: &str, body: Value) -> (u16, Value) {
+    let r = client.post(url).json(&body).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn serve_defaults_to_sqlite_file_in_working_dir() {
+    let dir = temp_dir();
+    let hub = Hub::start(&dir, &[], &[]);
+    let client = reqwest::Client::new();
+    let (status, body) = post(&client, &hub.url("/v1/customers"), json!({"name": "Ada"})).await;
+    assert_eq!(status, 201, "{body}");
+    let ready: Value = client
+        .get(hub.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["database"], "sqlite");
+    assert!(dir.join("syncflow.db").exists());
+    drop(hub);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A request that is mid-upload when SIGTERM arrives still completes and is
+/// committed; then the process exits 0 and the database is closed cleanly.
+#[tokio::test]
+async fn sigterm_lets_in_flight_requests_finish() {
+    let dir = temp_dir();
+    let mut hub = Hub::start(&dir, &[], &[]);
+    let body = r#"{"name":"In flight"}"#;
+    let mut conn = TcpStream::connect(&hub.addr).unwrap();
+    write!(
+        conn,
+        "POST /v1/customers HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+        body.len(),
+        &body[..5]
+    )
+    .unwrap();
+    conn.flush().unwrap();
+    hub.signal("-TERM");
+    hub.wait_log(|l| l["message"] == "SIGTERM received, shutting down");
+    conn.write_all(&body.as_bytes()[5..]).unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 201"), "{response}");
+    assert!(hub.wait_exit().success());
+    // New connections are refused once it has stopped.
+    assert!(TcpStream::connect(&hub.addr).is_err());
+
+    let store =
+        syncflow_store::Store::open(&format!("sqlite:{}", dir.join("syncflow.db").display()))
+            .await
+            .unwrap();
+    let changes = store.changes_after(0, 10).await.unwrap();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].snapshot["name"], "In flight");
+    store.close().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn refuses_public_address_without_tokens() {
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--database-url",
+            "sqlite::memory:",
+        ])
+        .env_remove("SYNCFLOW_API_TOKENS")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to listen on 0.0.0.0:0 without API tokens"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn init_writes_a_config_that_serve_loads() {
+    let dir = temp_dir();
+    let out = Command::new(BIN)
+        .current_dir(&dir)
+        .arg("init")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = Command::new(BIN)
+        .current_dir(&dir)
+        .arg("init")
+        .output()
+        .unwrap();
+    assert!(!again.status.success(), "init must not overwrite");
+
+    // Point the starter at another database file and require a token from the env.
+    let text = std::fs::read_to_string(dir.join("syncflow.toml")).unwrap();
+    let text = text
+        .replace(
+            "database_url = \"sqlite:syncflow.db\"",
+            "database_url = \"sqlite:from-config.db\"",
+        )
+        .replace(
+            "# api_tokens = [\"${SYNCFLOW_TOKEN}\"]",
+            "api_tokens = [\"${SYNCFLOW_TOKEN}\"]",
+        );
+    std::fs::write(dir.join("syncflow.toml"), text).unwrap();
+    let hub = Hub::start(
+        &dir,
+        &["--config", "syncflow.toml"],
+        &[("SYNCFLOW_TOKEN", "t0ken")],
+    );
+    let client = reqwest::Client::new();
+    assert_eq!(
+        client
+            .get(hub.url("/v1/customers"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let r = client
+        .get(hub.url("/v1/customers"))
+        .bearer_auth("t0ken")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(dir.join("from-config.db").exists());
+    drop(hub);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn serve_on_postgres_via_database_url() {
+    let Some(url) = syncflow_store::testing::postgres_url().await else {
+        return;
+    };
+    let dir = temp_dir();
+    let hub = Hub::start(&dir, &[], &[("SYNCFLOW_DATABASE_URL", &url)]);
+    let client = reqwest::Client::new();
+    let ready: Value = client
+        .get(hub.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["database"], "postgres");
+    let (status, _) = post(&client, &hub.url("/v1/customers"), json!({"name": "Pg"})).await;
+    assert_eq!(status, 201);
+    let changes: Value = client
+        .get(hub.url("/v1/changes"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(changes["data"][0]["snapshot"]["name"], "Pg");
+    assert!(!dir.join("syncflow.db").exists());
+    drop(hub);
+    let _ = std::fs::remove_dir_all(dir);
+}
