@@ -84,12 +84,7 @@ pub struct FieldDef {
 }
 
 const fn field(name: &'static str, ty: FieldType, required: bool) -> FieldDef {
-    FieldDef {
-        name,
-        ty,
-        required,
-        default: None,
-    }
+    FieldDef { name, ty, required, default: None }
 }
 
 /// A catalog entity: its API name, table, id prefix and fields.
@@ -118,12 +113,7 @@ pub static CUSTOMER: Entity = Entity {
     fields: &[
         field("name", FieldType::Text { max: 256 }, true),
         field("email", FieldType::Email, false),
-        FieldDef {
-            name: "metadata",
-            ty: FieldType::Metadata,
-            required: false,
-            default: Some("{}"),
-        },
+        FieldDef { name: "metadata", ty: FieldType::Metadata, required: false, default: Some("{}") },
     ],
 };
 
@@ -137,19 +127,9 @@ pub static INVOICE: Entity = Entity {
         field("customer_id", FieldType::Reference("customer"), true),
         field("amount", FieldType::Integer { min: 0 }, true),
         field("currency", FieldType::Currency, true),
-        FieldDef {
-            name: "status",
-            ty: FieldType::Enum(INVOICE_STATUSES),
-            required: false,
-            default: Some("\"draft\""),
-        },
+        FieldDef { name: "status", ty: FieldType::Enum(INVOICE_STATUSES), required: false, default: Some("\"draft\"") },
         field("due_date", FieldType::Date, false),
-        FieldDef {
-            name: "metadata",
-            ty: FieldType::Metadata,
-            required: false,
-            default: Some("{}"),
-        },
+        FieldDef { name: "metadata", ty: FieldType::Metadata, required: false, default: Some("{}") },
     ],
 };
 
@@ -157,14 +137,7 @@ pub static INVOICE: Entity = Entity {
 pub static ENTITIES: &[&Entity] = &[&CUSTOMER, &INVOICE];
 
 /// Fields every record carries that clients may read but never write.
-pub const SYSTEM_FIELDS: &[&str] = &[
-    "id",
-    "object",
-    "version",
-    "created_at",
-    "updated_at",
-    "deleted_at",
-];
+pub const SYSTEM_FIELDS: &[&str] = &["id", "object", "version", "created_at", "updated_at", "deleted_at"];
 
 impl Entity {
     pub fn by_name(name: &str) -> Option<&'static Entity> {
@@ -182,10 +155,7 @@ impl Entity {
     /// Validates a create body: every required field present, every value valid, no
     /// unknown or read-only field. Returns the full field map (defaults filled in,
     /// values normalised) or every problem found, not just the first.
-    pub fn validate_create(
-        &self,
-        body: &Map<String, Value>,
-    ) -> Result<Map<String, Value>, Vec<FieldError>> {
+    pub fn validate_create(&self, body: &Map<String, Value>) -> Result<Map<String, Value>, Vec<FieldError>> {
         let mut errors = self.reject_unknown(body);
         let mut out = Map::new();
         for def in self.fields {
@@ -194,9 +164,9 @@ impl Entity {
                     errors.push(FieldError::new(def.name, "is required"));
                 }
                 None => {
-                    let value = def.default.map_or(Value::Null, |d| {
-                        serde_json::from_str(d).expect("entity default is valid JSON")
-                    });
+                    let value = def
+                        .default
+                        .map_or(Value::Null, |d| serde_json::from_str(d).expect("entity default is valid JSON"));
                     out.insert(def.name.to_string(), value);
                 }
                 Some(value) => match normalise(def, value) {
@@ -232,9 +202,9 @@ impl Entity {
                 if def.required {
                     errors.push(FieldError::new(name, "is required and cannot be null"));
                 } else {
-                    let cleared = def.default.map_or(Value::Null, |d| {
-                        serde_json::from_str(d).expect("entity default is valid JSON")
-                    });
+                    let cleared = def
+                        .default
+                        .map_or(Value::Null, |d| serde_json::from_str(d).expect("entity default is valid JSON"));
                     out.insert(name.clone(), cleared);
                 }
                 continue;
@@ -308,11 +278,7 @@ fn merge_metadata(current: Option<&Value>, patch: &Value) -> Result<Value, Strin
 fn normalise(def: &FieldDef, value: &Value) -> Result<Value, FieldError> {
     let err = |msg: &str| FieldError::new(def.name, msg);
     if value.is_null() {
-        return if def.required {
-            Err(err("is required"))
-        } else {
-            Ok(Value::Null)
-        };
+        return if def.required { Err(err("is required")) } else { Ok(Value::Null) };
     }
     match def.ty {
         FieldType::Text { max } => {
@@ -326,10 +292,7 @@ fn normalise(def: &FieldDef, value: &Value) -> Result<Value, FieldError> {
             Ok(Value::String(s.to_string()))
         }
         FieldType::Email => {
-            let s = value
-                .as_str()
-                .ok_or_else(|| err("must be a string"))?
-                .trim();
+            let s = value.as_str().ok_or_else(|| err("must be a string"))?.trim();
             if !is_plausible_email(s) {
                 return Err(err("is not a valid e-mail address"));
             }
@@ -358,30 +321,21 @@ fn normalise(def: &FieldDef, value: &Value) -> Result<Value, FieldError> {
         }
         FieldType::Date => {
             let s = value.as_str().ok_or_else(|| err("must be a string"))?;
-            chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
-                .map_err(|_| err("must be a date as YYYY-MM-DD"))?;
+            chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| err("must be a date as YYYY-MM-DD"))?;
             Ok(Value::String(s.to_string()))
         }
         FieldType::Metadata => {
-            let map = value
-                .as_object()
-                .ok_or_else(|| err("must be an object of string values"))?;
+            let map = value.as_object().ok_or_else(|| err("must be an object of string values"))?;
             if map.len() > METADATA_MAX_KEYS {
                 return Err(err(&format!("must have at most {METADATA_MAX_KEYS} keys")));
             }
             for (k, v) in map {
                 if k.is_empty() || k.chars().count() > METADATA_MAX_KEY {
-                    return Err(err(&format!(
-                        "keys must be 1 to {METADATA_MAX_KEY} characters"
-                    )));
+                    return Err(err(&format!("keys must be 1 to {METADATA_MAX_KEY} characters")));
                 }
-                let s = v
-                    .as_str()
-                    .ok_or_else(|| err(&format!("value of `{k}` must be a string")))?;
+                let s = v.as_str().ok_or_else(|| err(&format!("value of `{k}` must be a string")))?;
                 if s.chars().count() > METADATA_MAX_VALUE {
-                    return Err(err(&format!(
-                        "value of `{k}` must be at most {METADATA_MAX_VALUE} characters"
-                    )));
+                    return Err(err(&format!("value of `{k}` must be at most {METADATA_MAX_VALUE} characters")));
                 }
             }
             Ok(value.clone())
@@ -419,9 +373,7 @@ mod tests {
 
     #[test]
     fn create_lists_every_bad_field() {
-        let errs = CUSTOMER
-            .validate_create(&obj(json!({"email": "nope", "id": "x", "colour": 1})))
-            .unwrap_err();
+        let errs = CUSTOMER.validate_create(&obj(json!({"email": "nope", "id": "x", "colour": 1}))).unwrap_err();
         let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
         assert!(fields.contains(&"name"), "{errs:?}");
         assert!(fields.contains(&"email"));
@@ -431,11 +383,8 @@ mod tests {
 
     #[test]
     fn create_fills_defaults_and_normalises() {
-        let f = INVOICE
-            .validate_create(&obj(
-                json!({"customer_id": "cust_1", "amount": 100, "currency": "EUR"}),
-            ))
-            .unwrap();
+        let f =
+            INVOICE.validate_create(&obj(json!({"customer_id": "cust_1", "amount": 100, "currency": "EUR"}))).unwrap();
         assert_eq!(f["currency"], "eur");
         assert_eq!(f["status"], "draft");
         assert_eq!(f["metadata"], json!({}));
@@ -445,13 +394,9 @@ mod tests {
     #[test]
     fn patch_merges_metadata_and_rejects_null_required() {
         let cur = obj(json!({"name": "A", "email": null, "metadata": {"a": "1", "b": "2"}}));
-        let out = CUSTOMER
-            .apply_patch(&cur, &obj(json!({"metadata": {"a": null, "c": "3"}})))
-            .unwrap();
+        let out = CUSTOMER.apply_patch(&cur, &obj(json!({"metadata": {"a": null, "c": "3"}}))).unwrap();
         assert_eq!(out["metadata"], json!({"b": "2", "c": "3"}));
-        let errs = CUSTOMER
-            .apply_patch(&cur, &obj(json!({"name": null})))
-            .unwrap_err();
+        let errs = CUSTOMER.apply_patch(&cur, &obj(json!({"name": null}))).unwrap_err();
         assert_eq!(errs[0].field, "name");
     }
 
@@ -465,10 +410,7 @@ mod tests {
             json!({"customer_id": "c", "amount": 1.5, "currency": "eur"}),
         ];
         for body in bad {
-            assert!(
-                INVOICE.validate_create(&obj(body.clone())).is_err(),
-                "{body}"
-            );
+            assert!(INVOICE.validate_create(&obj(body.clone())).is_err(), "{body}");
         }
     }
 }

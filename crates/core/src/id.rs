@@ -23,10 +23,7 @@ pub fn new_id(prefix: &str) -> String {
             let mut bytes = [0u8; 16];
             rand::thread_rng().fill_bytes(&mut bytes[6..]);
             // Leave headroom so increments within one millisecond never overflow.
-            (
-                now.max(last.0),
-                (u128::from_be_bytes(bytes) & RANDOM_MASK) >> 1,
-            )
+            (now.max(last.0), (u128::from_be_bytes(bytes) & RANDOM_MASK) >> 1)
         };
         *last = (millis, random);
         (millis << 80) | random
@@ -47,11 +44,7 @@ mod tests {
     #[test]
     fn ids_have_prefix_and_sort_by_time() {
         let ids: Vec<_> = (0..1000).map(|_| new_id("cust")).collect();
-        assert!(
-            ids[0].starts_with("cust_") && ids[0].len() == 31,
-            "{}",
-            ids[0]
-        );
+        assert!(ids[0].starts_with("cust_") && ids[0].len() == 31, "{}", ids[0]);
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids must increase");
     }
 }

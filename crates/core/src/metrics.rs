@@ -15,32 +15,14 @@ pub enum Kind {
 
 /// Every metric the hub exports: name, kind, help.
 pub const METRICS: &[(&str, Kind, &str)] = &[
-    (
-        "syncflow_http_requests_total",
-        Kind::Counter,
-        "HTTP requests served, by method, route and status.",
-    ),
-    (
-        "syncflow_http_request_duration_seconds",
-        Kind::Histogram,
-        "HTTP request latency, by route.",
-    ),
-    (
-        "syncflow_changes_written_total",
-        Kind::Counter,
-        "Changes committed by this process, by entity and origin.",
-    ),
-    (
-        "syncflow_change_log_head",
-        Kind::Gauge,
-        "Highest change sequence number in the change log.",
-    ),
+    ("syncflow_http_requests_total", Kind::Counter, "HTTP requests served, by method, route and status."),
+    ("syncflow_http_request_duration_seconds", Kind::Histogram, "HTTP request latency, by route."),
+    ("syncflow_changes_written_total", Kind::Counter, "Changes committed by this process, by entity and origin."),
+    ("syncflow_change_log_head", Kind::Gauge, "Highest change sequence number in the change log."),
 ];
 
 /// Upper bounds (seconds) of histogram buckets.
-const BUCKETS: [f64; 12] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-];
+const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -97,11 +79,7 @@ impl Registry {
 
     /// Current value of a counter or gauge (0 when never set); for tests and status.
     pub fn value(&self, name: &'static str, pairs: &[(&'static str, &str)]) -> f64 {
-        self.lock()
-            .values
-            .get(&(name, labels(pairs)))
-            .copied()
-            .unwrap_or(0.0)
+        self.lock().values.get(&(name, labels(pairs))).copied().unwrap_or(0.0)
     }
 
     pub fn render(&self) -> String {
@@ -125,19 +103,9 @@ impl Registry {
                     break;
                 }
                 for (i, bound) in BUCKETS.iter().enumerate() {
-                    let _ = writeln!(
-                        out,
-                        "{name}_bucket{} {}",
-                        fmt_labels(l, Some(&bound.to_string())),
-                        h.counts[i]
-                    );
+                    let _ = writeln!(out, "{name}_bucket{} {}", fmt_labels(l, Some(&bound.to_string())), h.counts[i]);
                 }
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{} {}",
-                    fmt_labels(l, Some("+Inf")),
-                    h.count
-                );
+                let _ = writeln!(out, "{name}_bucket{} {}", fmt_labels(l, Some("+Inf")), h.count);
                 let _ = writeln!(out, "{name}_sum{} {}", fmt_labels(l, None), h.sum);
                 let _ = writeln!(out, "{name}_count{} {}", fmt_labels(l, None), h.count);
             }
@@ -147,10 +115,8 @@ impl Registry {
 }
 
 fn fmt_labels(l: &Labels, le: Option<&str>) -> String {
-    let mut parts: Vec<String> = l
-        .iter()
-        .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
-        .collect();
+    let mut parts: Vec<String> =
+        l.iter().map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))).collect();
     if let Some(le) = le {
         parts.push(format!("le=\"{le}\""));
     }
@@ -168,32 +134,13 @@ mod tests {
     #[test]
     fn renders_counters_and_histograms() {
         let r = Registry::new();
-        r.inc(
-            "syncflow_http_requests_total",
-            &[("method", "GET"), ("status", "200")],
-            1.0,
-        );
-        r.inc(
-            "syncflow_http_requests_total",
-            &[("method", "GET"), ("status", "200")],
-            1.0,
-        );
-        r.observe(
-            "syncflow_http_request_duration_seconds",
-            &[("route", "/x")],
-            0.003,
-        );
+        r.inc("syncflow_http_requests_total", &[("method", "GET"), ("status", "200")], 1.0);
+        r.inc("syncflow_http_requests_total", &[("method", "GET"), ("status", "200")], 1.0);
+        r.observe("syncflow_http_request_duration_seconds", &[("route", "/x")], 0.003);
         let text = r.render();
-        assert!(
-            text.contains("syncflow_http_requests_total{method=\"GET\",status=\"200\"} 2\n"),
-            "{text}"
-        );
-        assert!(text.contains(
-            "syncflow_http_request_duration_seconds_bucket{route=\"/x\",le=\"0.0025\"} 0\n"
-        ));
-        assert!(text.contains(
-            "syncflow_http_request_duration_seconds_bucket{route=\"/x\",le=\"0.005\"} 1\n"
-        ));
+        assert!(text.contains("syncflow_http_requests_total{method=\"GET\",status=\"200\"} 2\n"), "{text}");
+        assert!(text.contains("syncflow_http_request_duration_seconds_bucket{route=\"/x\",le=\"0.0025\"} 0\n"));
+        assert!(text.contains("syncflow_http_request_duration_seconds_bucket{route=\"/x\",le=\"0.005\"} 1\n"));
         assert!(text.contains("syncflow_http_request_duration_seconds_count{route=\"/x\"} 1\n"));
     }
 }

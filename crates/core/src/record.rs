@@ -30,10 +30,7 @@ impl Record {
         m.insert("version".into(), Value::from(self.version));
         m.insert("created_at".into(), Value::String(self.created_at.clone()));
         m.insert("updated_at".into(), Value::String(self.updated_at.clone()));
-        m.insert(
-            "deleted_at".into(),
-            self.deleted_at.clone().map_or(Value::Null, Value::String),
-        );
+        m.insert("deleted_at".into(), self.deleted_at.clone().map_or(Value::Null, Value::String));
         Value::Object(m)
     }
 }

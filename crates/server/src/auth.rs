@@ -21,11 +21,7 @@ impl ApiTokens {
     /// Parses a comma-separated list; blanks are ignored.
     pub fn parse(list: &str) -> Self {
         Self(std::sync::Arc::new(
-            list.split(',')
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-                .map(str::to_string)
-                .collect(),
+            list.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_string).collect(),
         ))
     }
 
@@ -40,25 +36,16 @@ impl ApiTokens {
         }
         let Some(p) = presented else { return false };
         // Check every token (no early exit) so timing says nothing about which matched.
-        self.0.iter().fold(false, |ok, t| {
-            ok | bool::from(t.as_bytes().ct_eq(p.as_bytes()))
-        })
+        self.0.iter().fold(false, |ok, t| ok | bool::from(t.as_bytes().ct_eq(p.as_bytes())))
     }
 }
 
-pub(crate) async fn require_token(
-    State(state): State<AppState>,
-    req: Request,
-    next: Next,
-) -> Response {
+pub(crate) async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let presented = req
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim);
     if state.tokens.allows(presented) {
         next.run(req).await

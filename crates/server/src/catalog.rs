@@ -27,14 +27,10 @@ pub(crate) fn routes(entity: &'static Entity) -> Router<AppState> {
         .route(
             &format!("/v1/{}/{{id}}", entity.plural),
             get(move |st: State<AppState>, id: Path<String>| fetch(entity, st, id))
-                .patch(
-                    move |st: State<AppState>, id: Path<String>, m: IfMatch, body: JsonObject| {
-                        patch(entity, st, id, m, body)
-                    },
-                )
-                .delete(move |st: State<AppState>, id: Path<String>, m: IfMatch| {
-                    remove(entity, st, id, m)
-                }),
+                .patch(move |st: State<AppState>, id: Path<String>, m: IfMatch, body: JsonObject| {
+                    patch(entity, st, id, m, body)
+                })
+                .delete(move |st: State<AppState>, id: Path<String>, m: IfMatch| remove(entity, st, id, m)),
         )
 }
 
@@ -52,11 +48,7 @@ async fn create(
     State(state): State<AppState>,
     JsonObject(body): JsonObject,
 ) -> Result<Response, ApiError> {
-    let record = state
-        .store
-        .create(entity, &body, "api")
-        .await
-        .map_err(|e| from_store(e, entity.name, "", None))?;
+    let record = state.store.create(entity, &body, "api").await.map_err(|e| from_store(e, entity.name, "", None))?;
     let mut resp = record_response(StatusCode::CREATED, &record);
     if let Ok(loc) = HeaderValue::from_str(&format!("/v1/{}/{}", entity.plural, record.id)) {
         resp.headers_mut().insert("location", loc);
@@ -107,11 +99,7 @@ async fn remove(
 /// Query parameters a list accepts besides field filters.
 const LIST_PARAMS: &[&str] = &["limit", "after", "include_deleted"];
 
-async fn list(
-    entity: &'static Entity,
-    State(state): State<AppState>,
-    q: QueryMap,
-) -> Result<Response, ApiError> {
+async fn list(entity: &'static Entity, State(state): State<AppState>, q: QueryMap) -> Result<Response, ApiError> {
     let mut query = ListQuery {
         after: q.get("after").map(str::to_string),
         limit: q.number("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)? as usize,
@@ -135,11 +123,7 @@ async fn list(
         }
     }
     let page = state.store.list(entity, &query).await?;
-    let next = if page.has_more {
-        page.data.last().map(|r| Value::String(r.id.clone()))
-    } else {
-        None
-    };
+    let next = if page.has_more { page.data.last().map(|r| Value::String(r.id.clone())) } else { None };
     Ok(Json(json!({
         "object": "list",
         "data": page.data.iter().map(Record::to_json).collect::<Vec<_>>(),
@@ -151,10 +135,5 @@ async fn list(
 
 /// Fields usable as `?field=value` list filters.
 pub(crate) fn filterable(entity: &Entity) -> Vec<&'static str> {
-    entity
-        .fields
-        .iter()
-        .filter(|f| f.ty.storage() == Storage::Text)
-        .map(|f| f.name)
-        .collect()
+    entity.fields.iter().filter(|f| f.ty.storage() == Storage::Text).map(|f| f.name).collect()
 }

@@ -17,9 +17,7 @@ pub enum ApiError {
     Unauthorized,
     #[error("{0}")]
     NotFound(String),
-    #[error(
-        "version mismatch: If-Match names version {expected}, the record is at version {current}"
-    )]
+    #[error("version mismatch: If-Match names version {expected}, the record is at version {current}")]
     VersionMismatch { expected: i64, current: i64 },
     #[error("request body must be JSON (Content-Type: application/json)")]
     UnsupportedMediaType,
@@ -76,17 +74,12 @@ impl IntoResponse for ApiError {
         let mut body = json!({"error": {"code": self.code(), "message": self.to_string()}});
         match &self {
             ApiError::Invalid(fields) => body["error"]["fields"] = json!(fields),
-            ApiError::VersionMismatch { current, .. } => {
-                body["error"]["current_version"] = json!(current)
-            }
+            ApiError::VersionMismatch { current, .. } => body["error"]["current_version"] = json!(current),
             _ => {}
         }
         let mut resp = (self.status(), Json(body)).into_response();
         if matches!(self, ApiError::Unauthorized) {
-            resp.headers_mut().insert(
-                "www-authenticate",
-                axum::http::HeaderValue::from_static("Bearer"),
-            );
+            resp.headers_mut().insert("www-authenticate", axum::http::HeaderValue::from_static("Bearer"));
         }
         resp
     }
@@ -96,10 +89,9 @@ impl IntoResponse for ApiError {
 pub fn from_store(e: StoreError, what: &str, id: &str, expected: Option<i64>) -> ApiError {
     match e {
         StoreError::NotFound => ApiError::not_found(what, id),
-        StoreError::VersionMismatch { current } => ApiError::VersionMismatch {
-            expected: expected.unwrap_or_default(),
-            current,
-        },
+        StoreError::VersionMismatch { current } => {
+            ApiError::VersionMismatch { expected: expected.unwrap_or_default(), current }
+        }
         StoreError::Invalid(fields) => ApiError::Invalid(fields),
         other => other.into(),
     }
@@ -110,10 +102,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound => ApiError::NotFound("not found".into()),
             StoreError::Invalid(fields) => ApiError::Invalid(fields),
-            StoreError::VersionMismatch { current } => ApiError::VersionMismatch {
-                expected: 0,
-                current,
-            },
+            StoreError::VersionMismatch { current } => ApiError::VersionMismatch { expected: 0, current },
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -18,21 +18,15 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match axum::Json::<Value>::from_request(req, state).await {
             Ok(axum::Json(Value::Object(map))) => Ok(JsonObject(map)),
-            Ok(_) => Err(ApiError::BadRequest(
-                "request body must be a JSON object".into(),
-            )),
+            Ok(_) => Err(ApiError::BadRequest("request body must be a JSON object".into())),
             Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::UnsupportedMediaType),
-            Err(JsonRejection::JsonSyntaxError(e)) => Err(ApiError::BadRequest(format!(
-                "malformed JSON: {}",
-                e.body_text()
-            ))),
-            Err(JsonRejection::JsonDataError(e)) => Err(ApiError::BadRequest(format!(
-                "malformed JSON: {}",
-                e.body_text()
-            ))),
-            Err(JsonRejection::BytesRejection(e))
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE =>
-            {
+            Err(JsonRejection::JsonSyntaxError(e)) => {
+                Err(ApiError::BadRequest(format!("malformed JSON: {}", e.body_text())))
+            }
+            Err(JsonRejection::JsonDataError(e)) => {
+                Err(ApiError::BadRequest(format!("malformed JSON: {}", e.body_text())))
+            }
+            Err(JsonRejection::BytesRejection(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 Err(ApiError::PayloadTooLarge)
             }
             Err(e) => Err(ApiError::BadRequest(e.body_text())),
@@ -53,10 +47,7 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
         let text = raw.to_str().unwrap_or("").trim();
         let text = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
         text.parse::<i64>().map(|v| IfMatch(Some(v))).map_err(|_| {
-            ApiError::BadRequest(format!(
-                "If-Match must be a record version such as \"3\", got `{}`",
-                text
-            ))
+            ApiError::BadRequest(format!("If-Match must be a record version such as \"3\", got `{}`", text))
         })
     }
 }
@@ -82,27 +73,20 @@ impl QueryMap {
             None => Ok(default),
             Some((_, v)) => match v.parse::<i64>() {
                 Ok(n) if (min..=max).contains(&n) => Ok(n),
-                _ => Err(ApiError::BadRequest(format!(
-                    "`{name}` must be an integer from {min} to {max}"
-                ))),
+                _ => Err(ApiError::BadRequest(format!("`{name}` must be an integer from {min} to {max}"))),
             },
         }
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
     pub fn flag(&self, name: &str) -> Result<bool, ApiError> {
         match self.get(name) {
             None | Some("false") | Some("0") => Ok(false),
             Some("true") | Some("1") | Some("") => Ok(true),
-            Some(_) => Err(ApiError::BadRequest(format!(
-                "`{name}` must be true or false"
-            ))),
+            Some(_) => Err(ApiError::BadRequest(format!("`{name}` must be true or false"))),
         }
     }
 }

@@ -36,11 +36,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(store: Store, tokens: ApiTokens) -> Self {
-        Self {
-            metrics: store.metrics(),
-            store,
-            tokens,
-        }
+        Self { metrics: store.metrics(), store, tokens }
     }
 }
 
@@ -51,12 +47,8 @@ pub fn router(state: AppState) -> Router {
     for entity in syncflow_core::ENTITIES.iter().copied() {
         api = api.merge(catalog::routes(entity));
     }
-    let api = api
-        .merge(changes::routes())
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_token,
-        ));
+    let api =
+        api.merge(changes::routes()).route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
 
     Router::new()
         .merge(api)
@@ -65,10 +57,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(openapi::document))
         .fallback(ops::not_found)
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            record_request,
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), record_request))
         .with_state(state)
 }
 
@@ -77,10 +66,8 @@ pub fn router(state: AppState) -> Router {
 async fn record_request(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().to_string();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let route =
+        req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let resp = next.run(req).await;
     let status = resp.status().as_u16().to_string();
     state.metrics.inc(

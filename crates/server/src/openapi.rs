@@ -30,15 +30,15 @@ pub fn build() -> Value {
     schemas.insert(
         "Error".into(),
         json!({"type": "object", "required": ["error"], "properties": {"error": {
-            "type": "object", "required": ["code", "message"],
-            "properties": {
-                "code": {"type": "string", "enum": ["bad_request", "unauthorized", "not_found", "version_mismatch",
-                    "unsupported_media_type", "payload_too_large", "validation_failed", "unavailable", "internal"]},
-                "message": {"type": "string"},
-                "fields": {"type": "array", "items": {"type": "object", "properties": {
-                    "field": {"type": "string"}, "message": {"type": "string"}}}},
-                "current_version": {"type": "integer"}
-            }}}}),
+        "type": "object", "required": ["code", "message"],
+        "properties": {
+            "code": {"type": "string", "enum": ["bad_request", "unauthorized", "not_found", "version_mismatch",
+                "unsupported_media_type", "payload_too_large", "validation_failed", "unavailable", "internal"]},
+            "message": {"type": "string"},
+            "fields": {"type": "array", "items": {"type": "object", "properties": {
+                "field": {"type": "string"}, "message": {"type": "string"}}}},
+            "current_version": {"type": "integer"}
+        }}}}),
     );
     schemas.insert(
         "Change".into(),
@@ -52,8 +52,7 @@ pub fn build() -> Value {
     let if_match = json!({"name": "If-Match", "in": "header", "required": false,
         "description": "Record version (as in the ETag); the write fails with 412 if it has moved on.",
         "schema": {"type": "string"}});
-    let id_param =
-        json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}});
+    let id_param = json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}});
     for entity in ENTITIES.iter().copied() {
         let (record, input, patch) = schemas_for(entity);
         let title = capitalise(entity.name);
@@ -111,11 +110,9 @@ pub fn build() -> Value {
                 "data": {"type": "array", "items": {"$ref": "#/components/schemas/Change"}},
                 "next_after": {"type": "integer"}}}))}}}),
     );
-    for (path, summary) in [
-        ("/healthz", "Liveness"),
-        ("/readyz", "Readiness: the database answers"),
-        ("/metrics", "Prometheus metrics"),
-    ] {
+    for (path, summary) in
+        [("/healthz", "Liveness"), ("/readyz", "Readiness: the database answers"), ("/metrics", "Prometheus metrics")]
+    {
         paths.insert(
             path.into(),
             json!({"get": {"tags": ["operations"], "summary": summary, "security": [],
@@ -152,31 +149,17 @@ fn schemas_for(entity: &Entity) -> (Value, Value, Value) {
     let patch = json!({"type": "object", "additionalProperties": false, "properties": props});
     let mut record_props = props.clone();
     record_props.insert("id".into(), json!({"type": "string", "readOnly": true}));
-    record_props.insert(
-        "object".into(),
-        json!({"type": "string", "const": entity.name}),
-    );
-    record_props.insert(
-        "version".into(),
-        json!({"type": "integer", "readOnly": true}),
-    );
+    record_props.insert("object".into(), json!({"type": "string", "const": entity.name}));
+    record_props.insert("version".into(), json!({"type": "integer", "readOnly": true}));
     for ts in ["created_at", "updated_at"] {
-        record_props.insert(
-            ts.into(),
-            json!({"type": "string", "format": "date-time", "readOnly": true}),
-        );
+        record_props.insert(ts.into(), json!({"type": "string", "format": "date-time", "readOnly": true}));
     }
-    record_props.insert(
-        "deleted_at".into(),
-        json!({"type": ["string", "null"], "format": "date-time"}),
-    );
+    record_props.insert("deleted_at".into(), json!({"type": ["string", "null"], "format": "date-time"}));
     let record = json!({"type": "object", "properties": record_props});
     (record, input, patch)
 }
 
 fn capitalise(s: &str) -> String {
     let mut c = s.chars();
-    c.next()
-        .map(|f| f.to_uppercase().chain(c).collect())
-        .unwrap_or_default()
+    c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
 }

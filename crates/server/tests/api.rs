@@ -24,20 +24,10 @@ struct Reply {
 
 impl Api {
     fn new(t: &TestStore) -> Self {
-        Self {
-            app: router(AppState::new(t.store.clone(), ApiTokens::default())),
-            store: t.store.clone(),
-            token: None,
-        }
+        Self { app: router(AppState::new(t.store.clone(), ApiTokens::default())), store: t.store.clone(), token: None }
     }
 
-    async fn send(
-        &self,
-        method: &str,
-        uri: &str,
-        headers: &[(&str, &str)],
-        body: Option<&str>,
-    ) -> Reply {
+    async fn send(&self, method: &str, uri: &str, headers: &[(&str, &str)], body: Option<&str>) -> Reply {
         let mut req = Request::builder().method(method).uri(uri);
         if let Some(t) = self.token {
             req = req.header("authorization", format!("Bearer {t}"));
@@ -45,30 +35,18 @@ impl Api {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let req = req
-            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
-            .unwrap();
+        let req = req.body(body.map_or_else(Body::empty, |b| Body::from(b.to_string()))).unwrap();
         let resp = self.app.clone().oneshot(req).await.unwrap();
         let status = resp.status();
         let headers = resp.headers().clone();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        let body = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
-        Reply {
-            status,
-            headers,
-            body,
-        }
+        let body =
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        Reply { status, headers, body }
     }
 
     async fn json(&self, method: &str, uri: &str, body: Value) -> Reply {
-        self.send(
-            method,
-            uri,
-            &[("content-type", "application/json")],
-            Some(&body.to_string()),
-        )
-        .await
+        self.send(method, uri, &[("content-type", "application/json")], Some(&body.to_string())).await
     }
 
     async fn get(&self, uri: &str) -> Reply {
@@ -89,19 +67,12 @@ backend_tests!(
 async fn customer_lifecycle_with_etags(t: TestStore) {
     let api = Api::new(&t);
     let r = api
-        .json(
-            "POST",
-            "/v1/customers",
-            json!({"name": "Ada", "email": "ada@example.com", "metadata": {"tier": "gold"}}),
-        )
+        .json("POST", "/v1/customers", json!({"name": "Ada", "email": "ada@example.com", "metadata": {"tier": "gold"}}))
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     let id = r.body["id"].as_str().unwrap().to_string();
     assert_eq!(r.headers["etag"], "\"1\"");
-    assert_eq!(
-        r.headers["location"],
-        format!("/v1/customers/{id}").as_str()
-    );
+    assert_eq!(r.headers["location"], format!("/v1/customers/{id}").as_str());
     assert_eq!(r.body["object"], "customer");
 
     let r = api.get(&format!("/v1/customers/{id}")).await;
@@ -120,113 +91,57 @@ async fn customer_lifecycle_with_etags(t: TestStore) {
     assert_eq!(r.body["version"], 2);
     assert_eq!(r.headers["etag"], "\"2\"");
 
-    let r = api
-        .send(
-            "DELETE",
-            &format!("/v1/customers/{id}"),
-            &[("if-match", "2")],
-            None,
-        )
-        .await;
+    let r = api.send("DELETE", &format!("/v1/customers/{id}"), &[("if-match", "2")], None).await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.body["deleted_at"].is_string());
-    assert_eq!(
-        api.get(&format!("/v1/customers/{id}")).await.status,
-        StatusCode::NOT_FOUND
-    );
+    assert_eq!(api.get(&format!("/v1/customers/{id}")).await.status, StatusCode::NOT_FOUND);
     assert_eq!(api.store.head_seq().await.unwrap(), 3);
 }
 
 async fn bad_input_gets_clear_errors_and_writes_nothing(t: TestStore) {
     let api = Api::new(&t);
-    let r = api
-        .json("POST", "/v1/customers", json!({"name": "Bo"}))
-        .await;
+    let r = api.json("POST", "/v1/customers", json!({"name": "Bo"})).await;
     let id = r.body["id"].as_str().unwrap().to_string();
     let path = format!("/v1/customers/{id}");
     let head = api.store.head_seq().await.unwrap();
     let ct = ("content-type", "application/json");
 
     // Malformed JSON, wrong JSON shape, missing content type.
-    let r = api
-        .send("POST", "/v1/customers", &[ct], Some(r#"{"name": "#))
-        .await;
-    assert_eq!(
-        (r.status, r.body["error"]["code"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("bad_request"))
-    );
-    assert!(r.body["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("malformed JSON"));
-    let r = api
-        .send("POST", "/v1/customers", &[ct], Some("[1,2]"))
-        .await;
+    let r = api.send("POST", "/v1/customers", &[ct], Some(r#"{"name": "#)).await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("bad_request")));
+    assert!(r.body["error"]["message"].as_str().unwrap().contains("malformed JSON"));
+    let r = api.send("POST", "/v1/customers", &[ct], Some("[1,2]")).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    let r = api
-        .send("POST", "/v1/customers", &[], Some(r#"{"name":"x"}"#))
-        .await;
+    let r = api.send("POST", "/v1/customers", &[], Some(r#"{"name":"x"}"#)).await;
     assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
 
     // Invalid fields: every one listed.
-    let r = api
-        .json(
-            "POST",
-            "/v1/customers",
-            json!({"email": "not-an-email", "version": 9, "nickname": "x"}),
-        )
-        .await;
+    let r = api.json("POST", "/v1/customers", json!({"email": "not-an-email", "version": 9, "nickname": "x"})).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(r.body["error"]["code"], "validation_failed");
-    let mut fields: Vec<&str> = r.body["error"]["fields"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["field"].as_str().unwrap())
-        .collect();
+    let mut fields: Vec<&str> =
+        r.body["error"]["fields"].as_array().unwrap().iter().map(|f| f["field"].as_str().unwrap()).collect();
     fields.sort();
     assert_eq!(fields, vec!["email", "name", "nickname", "version"]);
     let r = api.json("PATCH", &path, json!({"name": null})).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
-    let r = api
-        .json("PATCH", &path, json!({"metadata": {"k": 5}}))
-        .await;
+    let r = api.json("PATCH", &path, json!({"metadata": {"k": 5}})).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
 
     // Unknown ids.
-    for (method, body) in [
-        ("GET", None),
-        ("PATCH", Some(r#"{"name":"x"}"#)),
-        ("DELETE", None),
-    ] {
-        let r = api
-            .send(method, "/v1/customers/cust_nope", &[ct], body)
-            .await;
+    for (method, body) in [("GET", None), ("PATCH", Some(r#"{"name":"x"}"#)), ("DELETE", None)] {
+        let r = api.send(method, "/v1/customers/cust_nope", &[ct], body).await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{method}");
         assert_eq!(r.body["error"]["code"], "not_found");
     }
 
     // Version preconditions.
-    let r = api
-        .send(
-            "PATCH",
-            &path,
-            &[ct, ("if-match", "\"7\"")],
-            Some(r#"{"name":"x"}"#),
-        )
-        .await;
+    let r = api.send("PATCH", &path, &[ct, ("if-match", "\"7\"")], Some(r#"{"name":"x"}"#)).await;
     assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
     assert_eq!(r.body["error"]["current_version"], 1);
     let r = api.send("DELETE", &path, &[("if-match", "7")], None).await;
     assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
-    let r = api
-        .send(
-            "PATCH",
-            &path,
-            &[ct, ("if-match", "soon")],
-            Some(r#"{"name":"x"}"#),
-        )
-        .await;
+    let r = api.send("PATCH", &path, &[ct, ("if-match", "soon")], Some(r#"{"name":"x"}"#)).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
 
     // Bad query strings.
@@ -244,33 +159,19 @@ async fn bad_input_gets_clear_errors_and_writes_nothing(t: TestStore) {
     // None of it wrote anything.
     assert_eq!(api.store.head_seq().await.unwrap(), head);
     let r = api.get(&path).await;
-    assert_eq!(
-        (r.body["name"].as_str(), r.body["version"].as_i64()),
-        (Some("Bo"), Some(1))
-    );
+    assert_eq!((r.body["name"].as_str(), r.body["version"].as_i64()), (Some("Bo"), Some(1)));
 }
 
 async fn invoices_reference_customers(t: TestStore) {
     let api = Api::new(&t);
     let head = api.store.head_seq().await.unwrap();
-    let r = api
-        .json(
-            "POST",
-            "/v1/invoices",
-            json!({"customer_id": "cust_ghost", "amount": 500, "currency": "usd"}),
-        )
-        .await;
+    let r =
+        api.json("POST", "/v1/invoices", json!({"customer_id": "cust_ghost", "amount": 500, "currency": "usd"})).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(r.body["error"]["fields"][0]["field"], "customer_id");
     assert_eq!(api.store.head_seq().await.unwrap(), head);
 
-    let cid = api
-        .json("POST", "/v1/customers", json!({"name": "Cy"}))
-        .await
-        .body["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let cid = api.json("POST", "/v1/customers", json!({"name": "Cy"})).await.body["id"].as_str().unwrap().to_string();
     let r = api
         .json(
             "POST",
@@ -282,21 +183,9 @@ async fn invoices_reference_customers(t: TestStore) {
     assert!(r.body["id"].as_str().unwrap().starts_with("invc_"));
     assert_eq!(r.body["currency"], "usd");
     let iid = r.body["id"].as_str().unwrap().to_string();
-    let r = api
-        .json(
-            "PATCH",
-            &format!("/v1/invoices/{iid}"),
-            json!({"status": "paid"}),
-        )
-        .await;
+    let r = api.json("PATCH", &format!("/v1/invoices/{iid}"), json!({"status": "paid"})).await;
     assert_eq!(r.body["status"], "paid");
-    let r = api
-        .json(
-            "PATCH",
-            &format!("/v1/invoices/{iid}"),
-            json!({"status": "lost", "amount": -3}),
-        )
-        .await;
+    let r = api.json("PATCH", &format!("/v1/invoices/{iid}"), json!({"status": "lost", "amount": -3})).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(r.body["error"]["fields"].as_array().unwrap().len(), 2);
     let r = api.get(&format!("/v1/invoices?customer_id={cid}")).await;
@@ -306,52 +195,31 @@ async fn invoices_reference_customers(t: TestStore) {
 async fn lists_page_and_filter(t: TestStore) {
     let api = Api::new(&t);
     for i in 0..5 {
-        api.json(
-            "POST",
-            "/v1/customers",
-            json!({"name": format!("P{i}"), "email": format!("p{}@example.com", i % 2)}),
-        )
-        .await;
+        api.json("POST", "/v1/customers", json!({"name": format!("P{i}"), "email": format!("p{}@example.com", i % 2)}))
+            .await;
     }
     let first = api.get("/v1/customers?limit=2").await;
     assert_eq!(first.body["data"].as_array().unwrap().len(), 2);
     assert_eq!(first.body["has_more"], true);
     let after = first.body["next_after"].as_str().unwrap();
-    let rest = api
-        .get(&format!("/v1/customers?limit=10&after={after}"))
-        .await;
-    let names: Vec<&str> = rest.body["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
+    let rest = api.get(&format!("/v1/customers?limit=10&after={after}")).await;
+    let names: Vec<&str> = rest.body["data"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(names, vec!["P2", "P3", "P4"]);
     assert_eq!(rest.body["has_more"], false);
     assert!(rest.body["next_after"].is_null());
     let by_email = api.get("/v1/customers?email=P1@EXAMPLE.com").await;
-    let names: Vec<&str> = by_email.body["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
+    let names: Vec<&str> =
+        by_email.body["data"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(names, vec!["P1", "P3"]);
 }
 
 async fn changes_endpoint_pages_the_log(t: TestStore) {
     let api = Api::new(&t);
     for i in 0..5 {
-        api.json("POST", "/v1/customers", json!({"name": format!("C{i}")}))
-            .await;
+        api.json("POST", "/v1/customers", json!({"name": format!("C{i}")})).await;
     }
     let r = api.get("/v1/changes?after=0&limit=3").await;
-    let seqs: Vec<i64> = r.body["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["seq"].as_i64().unwrap())
-        .collect();
+    let seqs: Vec<i64> = r.body["data"].as_array().unwrap().iter().map(|c| c["seq"].as_i64().unwrap()).collect();
     assert_eq!(seqs, vec![1, 2, 3]);
     assert_eq!(r.body["next_after"], 3);
     assert_eq!(r.body["data"][0]["origin"], "api");
@@ -359,36 +227,18 @@ async fn changes_endpoint_pages_the_log(t: TestStore) {
     let r = api.get("/v1/changes?after=3").await;
     assert_eq!(r.body["data"].as_array().unwrap().len(), 2);
     let r = api.get("/v1/changes?after=5").await;
-    assert_eq!(
-        (
-            r.body["data"].as_array().unwrap().len(),
-            r.body["next_after"].as_i64()
-        ),
-        (0, Some(5))
-    );
+    assert_eq!((r.body["data"].as_array().unwrap().len(), r.body["next_after"].as_i64()), (0, Some(5)));
 }
 
 async fn tokens_guard_v1_but_not_operations(t: TestStore) {
     let mut api = Api::new(&t);
-    api.app = router(AppState::new(
-        t.store.clone(),
-        ApiTokens::parse("s3cret,other"),
-    ));
+    api.app = router(AppState::new(t.store.clone(), ApiTokens::parse("s3cret,other")));
     let r = api.get("/v1/customers").await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(r.body["error"]["code"], "unauthorized");
-    let r = api
-        .send(
-            "GET",
-            "/v1/customers",
-            &[("authorization", "Bearer wrong")],
-            None,
-        )
-        .await;
+    let r = api.send("GET", "/v1/customers", &[("authorization", "Bearer wrong")], None).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-    let r = api
-        .json("POST", "/v1/customers", json!({"name": "Sneaky"}))
-        .await;
+    let r = api.json("POST", "/v1/customers", json!({"name": "Sneaky"})).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(api.store.head_seq().await.unwrap(), 0);
     for open in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
@@ -400,20 +250,15 @@ async fn tokens_guard_v1_but_not_operations(t: TestStore) {
 
 async fn metrics_count_requests_and_changes(t: TestStore) {
     let api = Api::new(&t);
-    api.json("POST", "/v1/customers", json!({"name": "M"}))
-        .await;
+    api.json("POST", "/v1/customers", json!({"name": "M"})).await;
     api.json("POST", "/v1/customers", json!({})).await;
     let r = api.send("GET", "/metrics", &[], None).await;
     let text = r.body.as_str().unwrap();
     assert!(
-        text.contains(
-            r#"syncflow_http_requests_total{method="POST",route="/v1/customers",status="201"} 1"#
-        ),
+        text.contains(r#"syncflow_http_requests_total{method="POST",route="/v1/customers",status="201"} 1"#),
         "{text}"
     );
-    assert!(text.contains(
-        r#"syncflow_http_requests_total{method="POST",route="/v1/customers",status="422"} 1"#
-    ));
+    assert!(text.contains(r#"syncflow_http_requests_total{method="POST",route="/v1/customers",status="422"} 1"#));
     assert!(text.contains(r#"syncflow_changes_written_total{entity="customer",origin="api"} 1"#));
     assert!(text.contains("syncflow_change_log_head 1"));
     let r = api.get("/readyz").await;
@@ -426,21 +271,9 @@ async fn openapi_describes_every_entity_route() {
     let api = Api::new(&t);
     let doc = api.get("/openapi.json").await.body;
     assert_eq!(doc["openapi"], "3.1.0");
-    for path in [
-        "/v1/customers",
-        "/v1/customers/{id}",
-        "/v1/invoices",
-        "/v1/invoices/{id}",
-        "/v1/changes",
-    ] {
+    for path in ["/v1/customers", "/v1/customers/{id}", "/v1/invoices", "/v1/invoices/{id}", "/v1/changes"] {
         assert!(doc["paths"][path].is_object(), "missing {path}");
     }
-    assert_eq!(
-        doc["components"]["schemas"]["CustomerInput"]["required"],
-        json!(["name"])
-    );
-    assert_eq!(
-        doc["components"]["schemas"]["Invoice"]["properties"]["status"]["enum"][0],
-        "draft"
-    );
+    assert_eq!(doc["components"]["schemas"]["CustomerInput"]["required"], json!(["name"]));
+    assert_eq!(doc["components"]["schemas"]["Invoice"]["properties"]["status"]["enum"][0], "draft");
 }

@@ -38,12 +38,7 @@ const BOOKKEEPING: [(&str, Col); 4] = [
 fn select_list(entity: &Entity, d: Dialect) -> String {
     let mut cols = vec!["id".to_string()];
     cols.extend(BOOKKEEPING.iter().map(|(n, c)| d.select(n, *c)));
-    cols.extend(
-        entity
-            .fields
-            .iter()
-            .map(|f| d.select(f.name, Col::Field(f.ty.storage()))),
-    );
+    cols.extend(entity.fields.iter().map(|f| d.select(f.name, Col::Field(f.ty.storage()))));
     cols.join(", ")
 }
 
@@ -58,12 +53,7 @@ fn insert_sql(entity: &Entity, d: Dialect) -> String {
         names.push(f.name);
         params.push(d.param(i + 2 + BOOKKEEPING.len(), Col::Field(f.ty.storage())));
     }
-    format!(
-        "INSERT INTO {} ({}) VALUES ({})",
-        entity.plural,
-        names.join(", "),
-        params.join(", ")
-    )
+    format!("INSERT INTO {} ({}) VALUES ({})", entity.plural, names.join(", "), params.join(", "))
 }
 
 /// `UPDATE … SET <bookkeeping>, <fields> WHERE id = $1`: binds in the same order as
@@ -74,30 +64,14 @@ fn update_sql(entity: &Entity, d: Dialect) -> String {
         sets.push(format!("{n} = {}", d.param(i + 2, *c)));
     }
     for (i, f) in entity.fields.iter().enumerate() {
-        sets.push(format!(
-            "{} = {}",
-            f.name,
-            d.param(i + 2 + BOOKKEEPING.len(), Col::Field(f.ty.storage()))
-        ));
+        sets.push(format!("{} = {}", f.name, d.param(i + 2 + BOOKKEEPING.len(), Col::Field(f.ty.storage()))));
     }
-    format!(
-        "UPDATE {} SET {} WHERE id = $1",
-        entity.plural,
-        sets.join(", ")
-    )
+    format!("UPDATE {} SET {} WHERE id = $1", entity.plural, sets.join(", "))
 }
 
 fn select_one_sql(entity: &Entity, d: Dialect, for_update: bool) -> String {
-    let lock = if for_update && d == Dialect::Postgres {
-        " FOR UPDATE"
-    } else {
-        ""
-    };
-    format!(
-        "SELECT {} FROM {} WHERE id = $1{lock}",
-        select_list(entity, d),
-        entity.plural
-    )
+    let lock = if for_update && d == Dialect::Postgres { " FOR UPDATE" } else { "" };
+    format!("SELECT {} FROM {} WHERE id = $1{lock}", select_list(entity, d), entity.plural)
 }
 
 pub(crate) fn change_insert_sql(d: Dialect) -> String {
@@ -113,21 +87,13 @@ pub(crate) fn change_insert_sql(d: Dialect) -> String {
 macro_rules! bind_record {
     ($q:expr, $r:expr) => {{
         let r: &Record = $r;
-        let mut q = $q
-            .bind(r.id.clone())
-            .bind(r.version)
-            .bind(r.created_at.clone())
-            .bind(r.updated_at.clone());
+        let mut q = $q.bind(r.id.clone()).bind(r.version).bind(r.created_at.clone()).bind(r.updated_at.clone());
         q = q.bind(r.deleted_at.clone());
         for f in r.entity.fields {
             let v = r.fields.get(f.name).unwrap_or(&Value::Null);
             q = match f.ty.storage() {
                 Storage::Integer => q.bind(v.as_i64()),
-                Storage::Json => q.bind(if v.is_null() {
-                    None
-                } else {
-                    Some(v.to_string())
-                }),
+                Storage::Json => q.bind(if v.is_null() { None } else { Some(v.to_string()) }),
                 Storage::Text | Storage::Date => q.bind(v.as_str().map(str::to_owned)),
             };
         }
@@ -151,10 +117,7 @@ macro_rules! append_change {
             .execute(&mut *$tx)
             .await?;
         if $d == Dialect::Postgres {
-            sqlx::query("SELECT pg_notify('syncflow_changes', $1)")
-                .bind(r.entity.name)
-                .execute(&mut *$tx)
-                .await?;
+            sqlx::query("SELECT pg_notify('syncflow_changes', $1)").bind(r.entity.name).execute(&mut *$tx).await?;
         }
     }};
 }
@@ -164,9 +127,7 @@ macro_rules! append_change {
 macro_rules! mark_writer {
     ($tx:expr, $d:expr) => {
         if $d == Dialect::Postgres {
-            sqlx::query("SELECT set_config('syncflow.writer', 'on', true)")
-                .execute(&mut *$tx)
-                .await?;
+            sqlx::query("SELECT set_config('syncflow.writer', 'on', true)").execute(&mut *$tx).await?;
         }
     };
 }
@@ -186,24 +147,12 @@ macro_rules! check_references {
                 continue;
             }
             let target = Entity::by_name(target).expect("reference names a known entity");
-            let lock = if $d == Dialect::Postgres {
-                " FOR SHARE"
-            } else {
-                ""
-            };
-            let sql = format!(
-                "SELECT id FROM {} WHERE id = $1 AND deleted_at IS NULL{lock}",
-                target.plural
-            );
-            let found: Option<String> = sqlx::query_scalar(&sql)
-                .bind(value.to_string())
-                .fetch_optional(&mut *$tx)
-                .await?;
+            let lock = if $d == Dialect::Postgres { " FOR SHARE" } else { "" };
+            let sql = format!("SELECT id FROM {} WHERE id = $1 AND deleted_at IS NULL{lock}", target.plural);
+            let found: Option<String> =
+                sqlx::query_scalar(&sql).bind(value.to_string()).fetch_optional(&mut *$tx).await?;
             if found.is_none() {
-                errors.push(FieldError::new(
-                    field,
-                    format!("no {} with id `{value}`", target.name),
-                ));
+                errors.push(FieldError::new(field, format!("no {} with id `{value}`", target.name)));
             }
         }
         if !errors.is_empty() {
@@ -214,12 +163,7 @@ macro_rules! check_references {
 
 impl Store {
     /// Creates a record from a client body (validated here) and logs the change.
-    pub async fn create(
-        &self,
-        entity: &'static Entity,
-        body: &Map<String, Value>,
-        origin: &str,
-    ) -> Result<Record> {
+    pub async fn create(&self, entity: &'static Entity, body: &Map<String, Value>, origin: &str) -> Result<Record> {
         let fields = entity.validate_create(body).map_err(StoreError::Invalid)?;
         let now = now_timestamp();
         let record = Record {
@@ -236,9 +180,7 @@ impl Store {
             mark_writer!(tx, d);
             check_references!(tx, d, entity, &record.fields, None);
             let sql = insert_sql(entity, d);
-            bind_record!(sqlx::query(&sql), &record)
-                .execute(&mut *tx)
-                .await?;
+            bind_record!(sqlx::query(&sql), &record).execute(&mut *tx).await?;
             append_change!(tx, d, &record, Op::Upsert, origin);
             tx.commit().await?;
         });
@@ -259,10 +201,8 @@ impl Store {
         let record = on_write!(self, |pool, d| {
             let mut tx = pool.begin().await?;
             mark_writer!(tx, d);
-            let row = sqlx::query(&select_one_sql(entity, d, true))
-                .bind(id.to_string())
-                .fetch_optional(&mut *tx)
-                .await?;
+            let row =
+                sqlx::query(&select_one_sql(entity, d, true)).bind(id.to_string()).fetch_optional(&mut *tx).await?;
             let current = match row {
                 Some(row) => decode_record(entity, &row)?,
                 None => return Err(StoreError::NotFound),
@@ -272,28 +212,17 @@ impl Store {
             }
             if let Some(expected) = expected_version {
                 if expected != current.version {
-                    return Err(StoreError::VersionMismatch {
-                        current: current.version,
-                    });
+                    return Err(StoreError::VersionMismatch { current: current.version });
                 }
             }
-            let fields = entity
-                .apply_patch(&current.fields, patch)
-                .map_err(StoreError::Invalid)?;
+            let fields = entity.apply_patch(&current.fields, patch).map_err(StoreError::Invalid)?;
             if fields == current.fields {
                 return Ok(current);
             }
             check_references!(tx, d, entity, &fields, Some(&current.fields));
-            let record = Record {
-                version: current.version + 1,
-                updated_at: now_timestamp(),
-                fields,
-                ..current
-            };
+            let record = Record { version: current.version + 1, updated_at: now_timestamp(), fields, ..current };
             let sql = update_sql(entity, d);
-            bind_record!(sqlx::query(&sql), &record)
-                .execute(&mut *tx)
-                .await?;
+            bind_record!(sqlx::query(&sql), &record).execute(&mut *tx).await?;
             append_change!(tx, d, &record, Op::Upsert, origin);
             tx.commit().await?;
             record
@@ -314,10 +243,8 @@ impl Store {
         let record = on_write!(self, |pool, d| {
             let mut tx = pool.begin().await?;
             mark_writer!(tx, d);
-            let row = sqlx::query(&select_one_sql(entity, d, true))
-                .bind(id.to_string())
-                .fetch_optional(&mut *tx)
-                .await?;
+            let row =
+                sqlx::query(&select_one_sql(entity, d, true)).bind(id.to_string()).fetch_optional(&mut *tx).await?;
             let current = match row {
                 Some(row) => decode_record(entity, &row)?,
                 None => return Err(StoreError::NotFound),
@@ -327,22 +254,14 @@ impl Store {
             }
             if let Some(expected) = expected_version {
                 if expected != current.version {
-                    return Err(StoreError::VersionMismatch {
-                        current: current.version,
-                    });
+                    return Err(StoreError::VersionMismatch { current: current.version });
                 }
             }
             let now = now_timestamp();
-            let record = Record {
-                version: current.version + 1,
-                updated_at: now.clone(),
-                deleted_at: Some(now),
-                ..current
-            };
+            let record =
+                Record { version: current.version + 1, updated_at: now.clone(), deleted_at: Some(now), ..current };
             let sql = update_sql(entity, d);
-            bind_record!(sqlx::query(&sql), &record)
-                .execute(&mut *tx)
-                .await?;
+            bind_record!(sqlx::query(&sql), &record).execute(&mut *tx).await?;
             append_change!(tx, d, &record, Op::Delete, origin);
             tx.commit().await?;
             record
@@ -354,10 +273,7 @@ impl Store {
     /// Reads one record, tombstoned or not.
     pub async fn get(&self, entity: &'static Entity, id: &str) -> Result<Option<Record>> {
         on_read!(self, |pool, d| {
-            let row = sqlx::query(&select_one_sql(entity, d, false))
-                .bind(id.to_string())
-                .fetch_optional(pool)
-                .await?;
+            let row = sqlx::query(&select_one_sql(entity, d, false)).bind(id.to_string()).fetch_optional(pool).await?;
             row.map(|r| decode_record(entity, &r)).transpose()
         })
     }
@@ -366,11 +282,7 @@ impl Store {
     pub async fn list(&self, entity: &'static Entity, q: &ListQuery) -> Result<Page> {
         let limit = q.limit.clamp(1, 1000);
         let page = on_read!(self, |pool, d| {
-            let mut sql = format!(
-                "SELECT {} FROM {} WHERE TRUE",
-                select_list(entity, d),
-                entity.plural
-            );
+            let mut sql = format!("SELECT {} FROM {} WHERE TRUE", select_list(entity, d), entity.plural);
             let mut binds: Vec<String> = Vec::new();
             if let Some(after) = &q.after {
                 binds.push(after.clone());
@@ -381,9 +293,7 @@ impl Store {
             }
             for (field, value) in &q.filters {
                 binds.push(value.clone());
-                let is_email = entity
-                    .field(field)
-                    .is_some_and(|f| f.ty == FieldType::Email);
+                let is_email = entity.field(field).is_some_and(|f| f.ty == FieldType::Email);
                 if is_email {
                     sql.push_str(&format!(" AND lower({field}) = lower(${})", binds.len()));
                 } else {
@@ -396,10 +306,7 @@ impl Store {
                 query = query.bind(b);
             }
             let rows = query.fetch_all(pool).await?;
-            let mut data = rows
-                .iter()
-                .map(|r| decode_record(entity, r))
-                .collect::<Result<Vec<_>>>()?;
+            let mut data = rows.iter().map(|r| decode_record(entity, r)).collect::<Result<Vec<_>>>()?;
             let has_more = data.len() > limit;
             data.truncate(limit);
             Page { data, has_more }
@@ -410,10 +317,7 @@ impl Store {
     /// Number of records of `entity` (live only).
     pub async fn count(&self, entity: &'static Entity) -> Result<i64> {
         on_read!(self, |pool, _d| {
-            let sql = format!(
-                "SELECT COUNT(*) FROM {} WHERE deleted_at IS NULL",
-                entity.plural
-            );
+            let sql = format!("SELECT COUNT(*) FROM {} WHERE deleted_at IS NULL", entity.plural);
             Ok(sqlx::query_scalar(&sql).fetch_one(pool).await?)
         })
     }
@@ -433,18 +337,13 @@ where
     for (i, f) in entity.fields.iter().enumerate() {
         let idx = i + 1 + BOOKKEEPING.len();
         let value = match f.ty.storage() {
-            Storage::Integer => row
-                .try_get::<Option<i64>, _>(idx)?
-                .map_or(Value::Null, Value::from),
+            Storage::Integer => row.try_get::<Option<i64>, _>(idx)?.map_or(Value::Null, Value::from),
             Storage::Json => match row.try_get::<Option<String>, _>(idx)? {
-                Some(s) => serde_json::from_str(&s).map_err(|e| {
-                    StoreError::Corrupt(format!("{}.{}: {e}", entity.plural, f.name))
-                })?,
+                Some(s) => serde_json::from_str(&s)
+                    .map_err(|e| StoreError::Corrupt(format!("{}.{}: {e}", entity.plural, f.name)))?,
                 None => Value::Null,
             },
-            Storage::Text | Storage::Date => row
-                .try_get::<Option<String>, _>(idx)?
-                .map_or(Value::Null, Value::String),
+            Storage::Text | Storage::Date => row.try_get::<Option<String>, _>(idx)?.map_or(Value::Null, Value::String),
         };
         fields.insert(f.name.to_string(), value);
     }

@@ -29,17 +29,12 @@ impl Store {
         };
         // Cheap check first (partial index), so idle readers do not queue on the lock.
         let pending: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM changes WHERE seq IS NULL)")
-                .fetch_one(pool)
-                .await?;
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM changes WHERE seq IS NULL)").fetch_one(pool).await?;
         if !pending {
             return Ok(0);
         }
         let mut tx = pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(SEQUENCER_LOCK)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(SEQUENCER_LOCK).execute(&mut *tx).await?;
         // Rows of one record are inserted in version order (the record's row lock
         // serialises its writers), so numbering by `id` keeps per-record order.
         let stamped = sqlx::query(
@@ -54,9 +49,7 @@ impl Store {
         .await?
         .rows_affected();
         if stamped > 0 {
-            sqlx::query("SELECT pg_notify('syncflow_changes', 'sequenced')")
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query("SELECT pg_notify('syncflow_changes', 'sequenced')").execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(stamped)
@@ -75,11 +68,7 @@ impl Store {
                 "SELECT {} FROM changes WHERE entity = $1 AND record_id = $2 AND seq IS NOT NULL ORDER BY seq",
                 change_columns(d)
             );
-            let rows = sqlx::query(&sql)
-                .bind(entity.to_string())
-                .bind(record_id.to_string())
-                .fetch_all(pool)
-                .await?;
+            let rows = sqlx::query(&sql).bind(entity.to_string()).bind(record_id.to_string()).fetch_all(pool).await?;
             rows.iter().map(decode_change).collect()
         })
     }
@@ -93,9 +82,7 @@ impl Store {
     pub async fn head_seq(&self) -> Result<i64> {
         self.sequence().await?;
         on_read!(self, |pool, _d| {
-            let top: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM changes")
-                .fetch_one(pool)
-                .await?;
+            let top: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM changes").fetch_one(pool).await?;
             Ok(top.unwrap_or(0))
         })
     }
@@ -104,10 +91,7 @@ impl Store {
         self.sequence().await?;
         let limit = limit.clamp(1, 10_000);
         on_read!(self, |pool, d| {
-            let sql = format!(
-                "SELECT {} FROM changes WHERE {condition} ORDER BY seq LIMIT {limit}",
-                change_columns(d)
-            );
+            let sql = format!("SELECT {} FROM changes WHERE {condition} ORDER BY seq LIMIT {limit}", change_columns(d));
             let rows = sqlx::query(&sql).bind(arg).fetch_all(pool).await?;
             rows.iter().map(decode_change).collect()
         })
@@ -117,11 +101,7 @@ impl Store {
     #[doc(hidden)]
     pub async fn unsequenced_count(&self) -> Result<i64> {
         on_write!(self, |pool, _d| {
-            Ok(
-                sqlx::query_scalar("SELECT COUNT(*) FROM changes WHERE seq IS NULL")
-                    .fetch_one(pool)
-                    .await?,
-            )
+            Ok(sqlx::query_scalar("SELECT COUNT(*) FROM changes WHERE seq IS NULL").fetch_one(pool).await?)
         })
     }
 }
@@ -129,9 +109,7 @@ impl Store {
 fn change_columns(d: Dialect) -> &'static str {
     match d {
         Dialect::Sqlite => "seq, entity, record_id, op, version, origin, snapshot, created_at",
-        Dialect::Postgres => {
-            "seq, entity, record_id, op, version, origin, snapshot::text, syncflow_ts(created_at)"
-        }
+        Dialect::Postgres => "seq, entity, record_id, op, version, origin, snapshot::text, syncflow_ts(created_at)",
     }
 }
 

@@ -20,8 +20,9 @@ impl Dialect {
     /// Expression that reads column `name` as text or integer.
     pub(crate) fn select(self, name: &str, col: Col) -> String {
         match (self, col) {
-            (Dialect::Sqlite, _)
-            | (Dialect::Postgres, Col::Field(Storage::Text | Storage::Integer)) => name.to_string(),
+            (Dialect::Sqlite, _) | (Dialect::Postgres, Col::Field(Storage::Text | Storage::Integer)) => {
+                name.to_string()
+            }
             (Dialect::Postgres, Col::Field(Storage::Date | Storage::Json)) => {
                 format!("{name}::text")
             }

@@ -18,9 +18,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use std::sync::Arc;
 use syncflow_core::metrics::Registry;
 use syncflow_core::FieldError;
@@ -117,8 +115,7 @@ impl Store {
     /// `sqlite://PATH` or a bare path selects SQLite.
     pub async fn open(url: &str) -> Result<Store> {
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let opts =
-                PgConnectOptions::from_str(url).map_err(|_| StoreError::BadUrl(redact(url)))?;
+            let opts = PgConnectOptions::from_str(url).map_err(|_| StoreError::BadUrl(redact(url)))?;
             let pool = PgPoolOptions::new()
                 .max_connections(16)
                 .acquire_timeout(Duration::from_secs(10))
@@ -126,10 +123,7 @@ impl Store {
                 .await?;
             Backend::Postgres(pool)
         } else {
-            let path = url
-                .strip_prefix("sqlite://")
-                .or_else(|| url.strip_prefix("sqlite:"))
-                .unwrap_or(url);
+            let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
             if path.is_empty() || path.contains("://") {
                 return Err(StoreError::BadUrl(redact(url)));
             }
@@ -140,26 +134,14 @@ impl Store {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true);
-            let write = SqlitePoolOptions::new()
-                .max_connections(1)
-                .connect_with(opts.clone())
-                .await?;
+            let write = SqlitePoolOptions::new().max_connections(1).connect_with(opts.clone()).await?;
             // Readers never write, but are opened read-write: a read-only connection
             // cannot set the journal mode the writer needs.
-            let read = SqlitePoolOptions::new()
-                .max_connections(4)
-                .connect_with(opts)
-                .await?;
+            let read = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
             Backend::Sqlite { write, read }
         };
         let (wake, _) = watch::channel(0);
-        let store = Store {
-            inner: Arc::new(Inner {
-                backend,
-                wake,
-                metrics: Arc::new(Registry::new()),
-            }),
-        };
+        let store = Store { inner: Arc::new(Inner { backend, wake, metrics: Arc::new(Registry::new()) }) };
         migrate::run(&store).await?;
         Ok(store)
     }
@@ -190,11 +172,7 @@ impl Store {
 
     /// Called after a commit that appended a change: counts it and wakes waiters.
     pub(crate) fn notify_written(&self, entity: &str, origin: &str) {
-        self.inner.metrics.inc(
-            "syncflow_changes_written_total",
-            &[("entity", entity), ("origin", origin)],
-            1.0,
-        );
+        self.inner.metrics.inc("syncflow_changes_written_total", &[("entity", entity), ("origin", origin)], 1.0);
         self.inner.wake.send_modify(|n| *n = n.wrapping_add(1));
     }
 
@@ -204,9 +182,7 @@ impl Store {
         match &self.inner.backend {
             Backend::Sqlite { write, read } => {
                 read.close().await;
-                let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-                    .execute(write)
-                    .await;
+                let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(write).await;
                 write.close().await;
             }
             Backend::Postgres(pg) => pg.close().await,
@@ -232,10 +208,7 @@ pub fn redact(url: &str) -> String {
 mod tests {
     #[test]
     fn redact_hides_password() {
-        assert_eq!(
-            super::redact("postgres://u:secret@h:5/db"),
-            "postgres://u:***@h:5/db"
-        );
+        assert_eq!(super::redact("postgres://u:secret@h:5/db"), "postgres://u:***@h:5/db");
         assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(super::redact("./syncflow.db"), "./syncflow.db");
     }

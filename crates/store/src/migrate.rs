@@ -10,17 +10,22 @@ struct Migration {
     sql: &'static str,
 }
 
-const SQLITE: &[Migration] = &[Migration {
-    version: 1,
-    name: "catalog",
-    sql: include_str!("../migrations/sqlite/0001_catalog.sql"),
-}];
+/// Migrations in order; the helper keeps the two lists in step.
+macro_rules! migrations {
+    ($dir:literal: $($version:literal $name:literal $file:literal),* $(,)?) => {
+        &[$(Migration { version: $version, name: $name, sql: include_str!(concat!("../migrations/", $dir, "/", $file)) }),*]
+    };
+}
 
-const POSTGRES: &[Migration] = &[Migration {
-    version: 1,
-    name: "catalog",
-    sql: include_str!("../migrations/postgres/0001_catalog.sql"),
-}];
+const SQLITE: &[Migration] = migrations!("sqlite":
+    1 "catalog" "0001_catalog.sql",
+    2 "delivery" "0002_delivery.sql",
+);
+
+const POSTGRES: &[Migration] = migrations!("postgres":
+    1 "catalog" "0001_catalog.sql",
+    2 "delivery" "0002_delivery.sql",
+);
 
 /// Arbitrary constant naming syncflow's migration lock.
 const MIGRATION_LOCK: i64 = 0x5359_4e43_0001;
@@ -33,10 +38,7 @@ pub(crate) async fn run(store: &Store) -> Result<()> {
         };
         let mut tx = pool.begin().await?;
         if d == crate::Dialect::Postgres {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(MIGRATION_LOCK)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(MIGRATION_LOCK).execute(&mut *tx).await?;
         }
         sqlx::raw_sql(
             "CREATE TABLE IF NOT EXISTS syncflow_migrations (
@@ -44,25 +46,19 @@ pub(crate) async fn run(store: &Store) -> Result<()> {
         )
         .execute(&mut *tx)
         .await?;
-        let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM syncflow_migrations")
-            .fetch_all(&mut *tx)
-            .await?;
+        let applied: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM syncflow_migrations").fetch_all(&mut *tx).await?;
         for m in list.iter().filter(|m| !applied.contains(&m.version)) {
             sqlx::raw_sql(m.sql)
                 .execute(&mut *tx)
                 .await
-                .map_err(|source| StoreError::Migration {
-                    version: m.version,
-                    source,
-                })?;
-            sqlx::query(
-                "INSERT INTO syncflow_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
-            )
-            .bind(m.version)
-            .bind(m.name)
-            .bind(syncflow_core::now_timestamp())
-            .execute(&mut *tx)
-            .await?;
+                .map_err(|source| StoreError::Migration { version: m.version, source })?;
+            sqlx::query("INSERT INTO syncflow_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
+                .bind(m.version)
+                .bind(m.name)
+                .bind(syncflow_core::now_timestamp())
+                .execute(&mut *tx)
+                .await?;
             tracing::info!(version = m.version, name = m.name, "applied migration");
         }
         tx.commit().await?;

@@ -34,11 +34,7 @@ pub async fn sqlite() -> TestStore {
     let file = std::env::temp_dir().join(format!("syncflow-test-{}.db", unique_name()));
     let url = format!("sqlite:{}", file.display());
     let store = Store::open(&url).await.expect("open sqlite test store");
-    TestStore {
-        store,
-        url,
-        file: Some(file),
-    }
+    TestStore { store, url, file: Some(file) }
 }
 
 /// URL of a fresh, empty PostgreSQL database, or `None` when no test cluster is
@@ -52,13 +48,8 @@ pub async fn postgres_url() -> Option<String> {
         return None;
     };
     let name = format!("sf_{}", unique_name());
-    let admin = sqlx::PgPool::connect(&base)
-        .await
-        .expect("connect to test cluster");
-    let _ = sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .expect("create test database");
+    let admin = sqlx::PgPool::connect(&base).await.expect("connect to test cluster");
+    let _ = sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.expect("create test database");
     admin.close().await;
     let (prefix, _) = base.rsplit_once('/').expect("database url has a path");
     Some(format!("{prefix}/{name}"))
@@ -67,11 +58,7 @@ pub async fn postgres_url() -> Option<String> {
 pub async fn postgres() -> Option<TestStore> {
     let url = postgres_url().await?;
     let store = Store::open(&url).await.expect("open postgres test store");
-    Some(TestStore {
-        store,
-        url,
-        file: None,
-    })
+    Some(TestStore { store, url, file: None })
 }
 
 /// Declares `mod sqlite` and `mod postgres`, each with one `#[tokio::test]` per

@@ -20,44 +20,21 @@ async fn plain_sql_writes_are_captured_once_with_origin_sql() {
     let s = &t.store;
     let other = PgPool::connect(&t.url).await.unwrap();
 
-    let id: String = sqlx::query_scalar(
-        "INSERT INTO customers (name, email) VALUES ('Raw', 'raw@example.com') RETURNING id",
-    )
-    .fetch_one(&other)
-    .await
-    .unwrap();
+    let id: String =
+        sqlx::query_scalar("INSERT INTO customers (name, email) VALUES ('Raw', 'raw@example.com') RETURNING id")
+            .fetch_one(&other)
+            .await
+            .unwrap();
     assert!(id.starts_with("cust_") && id.len() == 31, "{id}");
-    sqlx::query("UPDATE customers SET name = 'Raw 2' WHERE id = $1")
-        .bind(&id)
-        .execute(&other)
-        .await
-        .unwrap();
+    sqlx::query("UPDATE customers SET name = 'Raw 2' WHERE id = $1").bind(&id).execute(&other).await.unwrap();
     // An UPDATE that changes nothing is not a change.
-    sqlx::query("UPDATE customers SET name = 'Raw 2' WHERE id = $1")
-        .bind(&id)
-        .execute(&other)
-        .await
-        .unwrap();
+    sqlx::query("UPDATE customers SET name = 'Raw 2' WHERE id = $1").bind(&id).execute(&other).await.unwrap();
     // syncflow's own write in between: captured once, by syncflow, as `api`.
-    let own = s
-        .create(
-            &CUSTOMER,
-            json!({"name": "Own"}).as_object().unwrap(),
-            "api",
-        )
-        .await
-        .unwrap();
-    sqlx::query("DELETE FROM customers WHERE id = $1")
-        .bind(&id)
-        .execute(&other)
-        .await
-        .unwrap();
+    let own = s.create(&CUSTOMER, json!({"name": "Own"}).as_object().unwrap(), "api").await.unwrap();
+    sqlx::query("DELETE FROM customers WHERE id = $1").bind(&id).execute(&other).await.unwrap();
 
     let changes = s.changes_after(0, 100).await.unwrap();
-    let summary: Vec<_> = changes
-        .iter()
-        .map(|c| (c.record_id.as_str(), c.op, c.version, c.origin.as_str()))
-        .collect();
+    let summary: Vec<_> = changes.iter().map(|c| (c.record_id.as_str(), c.op, c.version, c.origin.as_str())).collect();
     assert_eq!(
         summary,
         vec![
@@ -125,18 +102,13 @@ async fn reader_never_skips_changes_of_concurrent_writers() {
             for i in 0..15 {
                 if w % 2 == 0 {
                     let mut tx = raw.begin().await.unwrap();
-                    let id: String =
-                        sqlx::query_scalar("INSERT INTO customers (name) VALUES ($1) RETURNING id")
-                            .bind(format!("w{w}-{i}"))
-                            .fetch_one(&mut *tx)
-                            .await
-                            .unwrap();
-                    let pause = f64::from(rand::thread_rng().gen_range(0..15u8)) / 1000.0;
-                    sqlx::query("SELECT pg_sleep($1)")
-                        .bind(pause)
-                        .execute(&mut *tx)
+                    let id: String = sqlx::query_scalar("INSERT INTO customers (name) VALUES ($1) RETURNING id")
+                        .bind(format!("w{w}-{i}"))
+                        .fetch_one(&mut *tx)
                         .await
                         .unwrap();
+                    let pause = f64::from(rand::thread_rng().gen_range(0..15u8)) / 1000.0;
+                    sqlx::query("SELECT pg_sleep($1)").bind(pause).execute(&mut *tx).await.unwrap();
                     sqlx::query("UPDATE customers SET email = $2 WHERE id = $1")
                         .bind(&id)
                         .bind(format!("w{w}-{i}@example.com"))
@@ -147,15 +119,9 @@ async fn reader_never_skips_changes_of_concurrent_writers() {
                     ids.push(id);
                 } else {
                     let body = json!({"name": format!("w{w}-{i}")});
-                    let c = store
-                        .create(&CUSTOMER, body.as_object().unwrap(), "api")
-                        .await
-                        .unwrap();
+                    let c = store.create(&CUSTOMER, body.as_object().unwrap(), "api").await.unwrap();
                     let patch = json!({"email": format!("w{w}-{i}@example.com")});
-                    store
-                        .update(&CUSTOMER, &c.id, patch.as_object().unwrap(), None, "api")
-                        .await
-                        .unwrap();
+                    store.update(&CUSTOMER, &c.id, patch.as_object().unwrap(), None, "api").await.unwrap();
                     ids.push(c.id);
                 }
                 let gap = Duration::from_millis(rand::thread_rng().gen_range(0..3));
@@ -176,21 +142,13 @@ async fn reader_never_skips_changes_of_concurrent_writers() {
     // write two changes. Every one of them must have reached the reader.
     let total = store.head_seq().await.unwrap();
     let seqs: Vec<i64> = seen.iter().map(|c| c.seq).collect();
-    assert_eq!(
-        seqs,
-        (1..=total).collect::<Vec<_>>(),
-        "reader skipped or repeated a change"
-    );
+    assert_eq!(seqs, (1..=total).collect::<Vec<_>>(), "reader skipped or repeated a change");
     let ids: BTreeSet<_> = seen.iter().map(|c| c.record_id.clone()).collect();
     assert_eq!(ids, written);
     assert_eq!(seen.len(), written.len() * 2);
     // Per record, versions arrive in order.
     for id in &written {
-        let versions: Vec<i64> = seen
-            .iter()
-            .filter(|c| &c.record_id == id)
-            .map(|c| c.version)
-            .collect();
+        let versions: Vec<i64> = seen.iter().filter(|c| &c.record_id == id).map(|c| c.version).collect();
         assert_eq!(versions, vec![1, 2], "record {id}");
     }
     assert_eq!(store.unsequenced_count().await.unwrap(), 0);

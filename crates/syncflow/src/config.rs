@@ -30,14 +30,8 @@ impl std::fmt::Debug for ServerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerConfig")
             .field("listen", &self.listen)
-            .field(
-                "database_url",
-                &self.database_url.as_deref().map(syncflow_store::redact),
-            )
-            .field(
-                "api_tokens",
-                &format!("{} configured", self.api_tokens.len()),
-            )
+            .field("database_url", &self.database_url.as_deref().map(syncflow_store::redact))
+            .field("api_tokens", &format!("{} configured", self.api_tokens.len()))
             .field("log_format", &self.log_format)
             .finish()
     }
@@ -45,10 +39,8 @@ impl std::fmt::Debug for ServerConfig {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading config {}", path.display()))?;
-        Self::parse(&text, |name| std::env::var(name).ok())
-            .with_context(|| format!("in config {}", path.display()))
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        Self::parse(&text, |name| std::env::var(name).ok()).with_context(|| format!("in config {}", path.display()))
     }
 
     pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config> {
@@ -66,9 +58,7 @@ fn expand_env(value: &mut toml::Value, env: &impl Fn(&str) -> Option<String>) ->
             let mut rest = s.as_str();
             while let Some(start) = rest.find("${") {
                 out.push_str(&rest[..start]);
-                let Some(end) = rest[start..].find('}') else {
-                    bail!("unterminated ${{ in `{s}`")
-                };
+                let Some(end) = rest[start..].find('}') else { bail!("unterminated ${{ in `{s}`") };
                 let name = &rest[start + 2..start + end];
                 match env(name) {
                     Some(v) => out.push_str(&v),
@@ -147,9 +137,6 @@ mod tests {
         )
         .unwrap();
         let shown = format!("{c:?}");
-        assert!(
-            !shown.contains("tok-secret") && !shown.contains("pw-secret"),
-            "{shown}"
-        );
+        assert!(!shown.contains("tok-secret") && !shown.contains("pw-secret"), "{shown}");
     }
 }

@@ -82,9 +82,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Init { path, force } => init(&path, force),
         Command::Serve(args) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(serve(args, config))
         }
     }
@@ -94,10 +92,7 @@ fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
@@ -106,28 +101,17 @@ fn init_logging(format: LogFormat) {
 
 fn init(path: &PathBuf, force: bool) -> Result<()> {
     if path.exists() && !force {
-        bail!(
-            "{} already exists (use --force to overwrite)",
-            path.display()
-        );
+        bail!("{} already exists (use --force to overwrite)", path.display());
     }
     std::fs::write(path, config::STARTER).with_context(|| format!("writing {}", path.display()))?;
-    println!(
-        "wrote {}; start the hub with: syncflow serve --config {}",
-        path.display(),
-        path.display()
-    );
+    println!("wrote {}; start the hub with: syncflow serve --config {}", path.display(), path.display());
     Ok(())
 }
 
 async fn serve(args: ServeArgs, config: Config) -> Result<()> {
-    let listen = args
-        .listen
-        .or(config.server.listen)
-        .unwrap_or_else(|| DEFAULT_LISTEN.into());
-    let addr: SocketAddr = listen
-        .parse()
-        .with_context(|| format!("--listen {listen:?} is not an address like 127.0.0.1:8080"))?;
+    let listen = args.listen.or(config.server.listen).unwrap_or_else(|| DEFAULT_LISTEN.into());
+    let addr: SocketAddr =
+        listen.parse().with_context(|| format!("--listen {listen:?} is not an address like 127.0.0.1:8080"))?;
     let tokens = match args.api_tokens {
         Some(list) => ApiTokens::parse(&list),
         None => ApiTokens::parse(&config.server.api_tokens.join(",")),
@@ -138,17 +122,12 @@ async fn serve(args: ServeArgs, config: Config) -> Result<()> {
              (or api_tokens in the config), or pass --insecure-no-auth"
         );
     }
-    let database_url = args
-        .database_url
-        .or(config.server.database_url)
-        .unwrap_or_else(|| DEFAULT_DATABASE.into());
+    let database_url = args.database_url.or(config.server.database_url).unwrap_or_else(|| DEFAULT_DATABASE.into());
 
     let store = Store::open(&database_url)
         .await
         .with_context(|| format!("opening database {}", syncflow_store::redact(&database_url)))?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     let bound = listener.local_addr()?;
     tracing::info!(
         listen = %bound,
@@ -157,9 +136,7 @@ async fn serve(args: ServeArgs, config: Config) -> Result<()> {
         "syncflow serving"
     );
     let app = router(AppState::new(store.clone(), tokens));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
     tracing::info!("in-flight requests finished; closing the database");
     store.close().await;
     tracing::info!("stopped");

@@ -48,11 +48,7 @@ impl Hub {
                 }
             }
         });
-        let mut hub = Hub {
-            child,
-            addr: String::new(),
-            logs: rx,
-        };
+        let mut hub = Hub { child, addr: String::new(), logs: rx };
         let line = hub.wait_log(|l| l["message"] == "syncflow serving");
         hub.addr = line["listen"].as_str().unwrap().to_string();
         hub
@@ -76,11 +72,7 @@ impl Hub {
     }
 
     fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
+        let ok = Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap().success();
         assert!(ok, "kill {sig} failed");
     }
 
@@ -115,14 +107,7 @@ async fn serve_defaults_to_sqlite_file_in_working_dir() {
     let client = reqwest::Client::new();
     let (status, body) = post(&client, &hub.url("/v1/customers"), json!({"name": "Ada"})).await;
     assert_eq!(status, 201, "{body}");
-    let ready: Value = client
-        .get(hub.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: Value = client.get(hub.url("/readyz")).send().await.unwrap().json().await.unwrap();
     assert_eq!(ready["database"], "sqlite");
     assert!(dir.join("syncflow.db").exists());
     drop(hub);
@@ -155,10 +140,7 @@ async fn sigterm_lets_in_flight_requests_finish() {
     // New connections are refused once it has stopped.
     assert!(TcpStream::connect(&hub.addr).is_err());
 
-    let store =
-        syncflow_store::Store::open(&format!("sqlite:{}", dir.join("syncflow.db").display()))
-            .await
-            .unwrap();
+    let store = syncflow_store::Store::open(&format!("sqlite:{}", dir.join("syncflow.db").display())).await.unwrap();
     let changes = store.changes_after(0, 10).await.unwrap();
     assert_eq!(changes.len(), 1);
     assert_eq!(changes[0].snapshot["name"], "In flight");
@@ -169,77 +151,33 @@ async fn sigterm_lets_in_flight_requests_finish() {
 #[test]
 fn refuses_public_address_without_tokens() {
     let out = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "0.0.0.0:0",
-            "--database-url",
-            "sqlite::memory:",
-        ])
+        .args(["serve", "--listen", "0.0.0.0:0", "--database-url", "sqlite::memory:"])
         .env_remove("SYNCFLOW_API_TOKENS")
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("refusing to listen on 0.0.0.0:0 without API tokens"),
-        "{err}"
-    );
+    assert!(err.contains("refusing to listen on 0.0.0.0:0 without API tokens"), "{err}");
 }
 
 #[tokio::test]
 async fn init_writes_a_config_that_serve_loads() {
     let dir = temp_dir();
-    let out = Command::new(BIN)
-        .current_dir(&dir)
-        .arg("init")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let again = Command::new(BIN)
-        .current_dir(&dir)
-        .arg("init")
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).current_dir(&dir).arg("init").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let again = Command::new(BIN).current_dir(&dir).arg("init").output().unwrap();
     assert!(!again.status.success(), "init must not overwrite");
 
     // Point the starter at another database file and require a token from the env.
     let text = std::fs::read_to_string(dir.join("syncflow.toml")).unwrap();
     let text = text
-        .replace(
-            "database_url = \"sqlite:syncflow.db\"",
-            "database_url = \"sqlite:from-config.db\"",
-        )
-        .replace(
-            "# api_tokens = [\"${SYNCFLOW_TOKEN}\"]",
-            "api_tokens = [\"${SYNCFLOW_TOKEN}\"]",
-        );
+        .replace("database_url = \"sqlite:syncflow.db\"", "database_url = \"sqlite:from-config.db\"")
+        .replace("# api_tokens = [\"${SYNCFLOW_TOKEN}\"]", "api_tokens = [\"${SYNCFLOW_TOKEN}\"]");
     std::fs::write(dir.join("syncflow.toml"), text).unwrap();
-    let hub = Hub::start(
-        &dir,
-        &["--config", "syncflow.toml"],
-        &[("SYNCFLOW_TOKEN", "t0ken")],
-    );
+    let hub = Hub::start(&dir, &["--config", "syncflow.toml"], &[("SYNCFLOW_TOKEN", "t0ken")]);
     let client = reqwest::Client::new();
-    assert_eq!(
-        client
-            .get(hub.url("/v1/customers"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
-    let r = client
-        .get(hub.url("/v1/customers"))
-        .bearer_auth("t0ken")
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(client.get(hub.url("/v1/customers")).send().await.unwrap().status(), 401);
+    let r = client.get(hub.url("/v1/customers")).bearer_auth("t0ken").send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(dir.join("from-config.db").exists());
     drop(hub);
@@ -254,25 +192,11 @@ async fn serve_on_postgres_via_database_url() {
     let dir = temp_dir();
     let hub = Hub::start(&dir, &[], &[("SYNCFLOW_DATABASE_URL", &url)]);
     let client = reqwest::Client::new();
-    let ready: Value = client
-        .get(hub.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: Value = client.get(hub.url("/readyz")).send().await.unwrap().json().await.unwrap();
     assert_eq!(ready["database"], "postgres");
     let (status, _) = post(&client, &hub.url("/v1/customers"), json!({"name": "Pg"})).await;
     assert_eq!(status, 201);
-    let changes: Value = client
-        .get(hub.url("/v1/changes"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let changes: Value = client.get(hub.url("/v1/changes")).send().await.unwrap().json().await.unwrap();
     assert_eq!(changes["data"][0]["snapshot"]["name"], "Pg");
     assert!(!dir.join("syncflow.db").exists());
     drop(hub);
