@@ -106,14 +106,14 @@ impl Store {
     }
 }
 
-fn change_columns(d: Dialect) -> &'static str {
+pub(crate) fn change_columns(d: Dialect) -> &'static str {
     match d {
         Dialect::Sqlite => "seq, entity, record_id, op, version, origin, snapshot, created_at",
         Dialect::Postgres => "seq, entity, record_id, op, version, origin, snapshot::text, syncflow_ts(created_at)",
     }
 }
 
-fn decode_change<'r, R>(row: &'r R) -> Result<Change>
+pub(crate) fn decode_change<'r, R>(row: &'r R) -> Result<Change>
 where
     R: Row,
     usize: sqlx::ColumnIndex<R>,

@@ -10,6 +10,7 @@
 
 mod catalog;
 mod changes;
+pub mod deliveries;
 mod dialect;
 mod migrate;
 pub mod testing;
@@ -25,6 +26,9 @@ use syncflow_core::FieldError;
 use tokio::sync::watch;
 
 pub use catalog::{ListQuery, Page};
+pub use deliveries::{
+    now_ms, Claimed, Delivery, DeliveryFilter, Finish, Link, LinkUpdate, QueueStats, Route, Status as DeliveryStatus,
+};
 pub use dialect::Dialect;
 
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +172,11 @@ impl Store {
 
     pub fn metrics(&self) -> Arc<Registry> {
         self.inner.metrics.clone()
+    }
+
+    /// Wakes delivery workers (after a replay, retry or resume).
+    pub(crate) fn notify_deliveries(&self) {
+        self.inner.wake.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Called after a commit that appended a change: counts it and wakes waiters.

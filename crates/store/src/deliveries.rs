@@ -1,0 +1,712 @@
+//! The transaction table: one delivery per (change, target system), its attempts,
+//! and the links between hub records and external ids.
+//!
+//! Invariants kept here:
+//! * the dispatcher's cursor advances in the same transaction that creates the
+//!   deliveries for the changes it passed (no change is left without deliveries);
+//! * a change is never routed to the system it came from;
+//! * per (system, ordering key) only the oldest unfinished delivery can be claimed,
+//!   so one record's deliveries to one system happen one at a time, in change order;
+//! * a claim is a lease: a delivery whose worker died is claimable again once the
+//!   lease expires, and a worker that lost its lease cannot record an outcome.
+
+use serde::Serialize;
+use sqlx::Row;
+use syncflow_core::Change;
+
+use crate::{on_read, on_write, Dialect, Result, Store, StoreError};
+
+/// Milliseconds since the epoch, the time unit of the delivery tables.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Renders epoch milliseconds as the hub's RFC 3339 timestamps.
+pub fn ms_to_timestamp(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pending,
+    InFlight,
+    Delivered,
+    Retrying,
+    Dead,
+    Skipped,
+}
+
+impl Status {
+    pub const ALL: [Status; 6] =
+        [Status::Pending, Status::InFlight, Status::Delivered, Status::Retrying, Status::Dead, Status::Skipped];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::InFlight => "in_flight",
+            Status::Delivered => "delivered",
+            Status::Retrying => "retrying",
+            Status::Dead => "dead",
+            Status::Skipped => "skipped",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, Status::Delivered | Status::Dead | Status::Skipped)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Push a change to the target system.
+    Change,
+    /// Tell the origin system the final outcome of delivery `subject_id`.
+    Callback,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Change => "change",
+            Kind::Callback => "callback",
+        }
+    }
+}
+
+/// One row of the transaction table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Delivery {
+    pub id: i64,
+    pub change_seq: i64,
+    pub system: String,
+    pub kind: Kind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject_id: Option<i64>,
+    pub entity: String,
+    pub record_id: String,
+    pub op: String,
+    pub status: Status,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    #[serde(skip)]
+    pub lease_owner: Option<String>,
+    pub http_status: Option<i64>,
+    pub external_id: Option<String>,
+    pub remarks: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+/// One try of a delivery, kept as history.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attempt {
+    pub attempt: i64,
+    pub outcome: String,
+    pub http_status: Option<i64>,
+    pub remarks: Option<String>,
+    pub duration_ms: i64,
+    pub at: i64,
+}
+
+/// A system and the entities it subscribes to, as the dispatcher sees it.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub system: String,
+    pub entities: Vec<String>,
+}
+
+/// A claimed delivery with what the worker needs to perform it.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub delivery: Delivery,
+    pub change: Change,
+    /// Earlier queued deliveries of the same record folded into this one.
+    pub superseded: Vec<i64>,
+}
+
+/// What a worker reports back.
+#[derive(Debug, Clone)]
+pub struct Finish {
+    pub status: Status,
+    pub next_attempt_at: Option<i64>,
+    pub http_status: Option<u16>,
+    pub external_id: Option<String>,
+    pub remarks: Option<String>,
+    pub duration_ms: i64,
+    /// Link to record (or refresh) when delivered.
+    pub link: Option<LinkUpdate>,
+    /// When the outcome is final and the change came from a system that wants
+    /// status callbacks: that system's name.
+    pub callback_to: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkUpdate {
+    pub external_id: String,
+    pub synced_version: i64,
+    pub fingerprint: Option<String>,
+    pub snapshot: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Link {
+    pub entity: String,
+    pub record_id: String,
+    pub system: String,
+    pub external_id: String,
+    pub synced_version: Option<i64>,
+    pub fingerprint: Option<String>,
+    pub snapshot: Option<String>,
+    pub updated_at: i64,
+}
+
+/// Filters for listing deliveries (all optional), paged by id.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    pub system: Option<String>,
+    pub status: Option<Status>,
+    pub record_id: Option<String>,
+    pub change_seq: Option<i64>,
+    pub after_id: Option<i64>,
+    pub limit: usize,
+}
+
+/// Per-system counts of the transaction table.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct QueueStats {
+    pub pending: i64,
+    pub retrying: i64,
+    pub in_flight: i64,
+    pub dead: i64,
+    /// Creation time (ms) of the oldest unfinished delivery.
+    pub oldest_unfinished_at: Option<i64>,
+}
+
+impl QueueStats {
+    pub fn depth(&self) -> i64 {
+        self.pending + self.retrying + self.in_flight
+    }
+}
+
+const DELIVERY_COLUMNS: &str = "id, change_seq, system, kind, subject_id, entity, record_id, op, status, attempts, \
+     next_attempt_at, lease_owner, http_status, external_id, remarks, created_at, updated_at, finished_at";
+
+const UNFINISHED: &str = "('pending', 'retrying', 'in_flight')";
+
+fn decode_delivery<'r, R>(row: &'r R) -> Result<Delivery>
+where
+    R: Row,
+    usize: sqlx::ColumnIndex<R>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let kind: String = row.try_get(3)?;
+    let status: String = row.try_get(8)?;
+    let subject: i64 = row.try_get(4)?;
+    Ok(Delivery {
+        id: row.try_get(0)?,
+        change_seq: row.try_get(1)?,
+        system: row.try_get(2)?,
+        kind: if kind == "callback" { Kind::Callback } else { Kind::Change },
+        subject_id: (subject != 0).then_some(subject),
+        entity: row.try_get(5)?,
+        record_id: row.try_get(6)?,
+        op: row.try_get(7)?,
+        status: Status::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("delivery status `{status}`")))?,
+        attempts: row.try_get(9)?,
+        next_attempt_at: row.try_get(10)?,
+        lease_owner: row.try_get(11)?,
+        http_status: row.try_get(12)?,
+        external_id: row.try_get(13)?,
+        remarks: row.try_get(14)?,
+        created_at: row.try_get(15)?,
+        updated_at: row.try_get(16)?,
+        finished_at: row.try_get(17)?,
+    })
+}
+
+const INSERT_DELIVERY: &str = "INSERT INTO deliveries (change_seq, system, kind, subject_id, entity, record_id, \
+     ordering_key, op, status, next_attempt_at, created_at, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $9, $9) ON CONFLICT DO NOTHING";
+
+impl Store {
+    /// Creates deliveries for up to `batch` changes past the dispatch cursor and
+    /// advances the cursor, in one transaction. Returns (changes passed, deliveries
+    /// created). Several nodes may call this at once: the cursor row is locked.
+    pub async fn dispatch(&self, routes: &[Route], batch: usize) -> Result<(usize, usize)> {
+        self.sequence().await?;
+        let now = now_ms();
+        let (passed, created) = on_write!(self, |pool, d| {
+            let mut tx = pool.begin().await?;
+            let lock = if d == Dialect::Postgres { " FOR UPDATE" } else { "" };
+            let cursor: String =
+                sqlx::query_scalar(&format!("SELECT value FROM cursors WHERE name = 'dispatch'{lock}"))
+                    .fetch_one(&mut *tx)
+                    .await?;
+            let cursor: i64 = cursor.parse().map_err(|_| StoreError::Corrupt(format!("dispatch cursor `{cursor}`")))?;
+            let rows = sqlx::query(
+                "SELECT seq, entity, record_id, op, origin FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2",
+            )
+            .bind(cursor)
+            .bind(batch as i64)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut created = 0;
+            let mut last = cursor;
+            for row in &rows {
+                let seq: i64 = row.try_get(0)?;
+                let entity: String = row.try_get(1)?;
+                let record_id: String = row.try_get(2)?;
+                let op: String = row.try_get(3)?;
+                let origin: String = row.try_get(4)?;
+                last = seq;
+                for route in routes.iter().filter(|r| r.system != origin && r.entities.contains(&entity)) {
+                    created += sqlx::query(INSERT_DELIVERY)
+                        .bind(seq)
+                        .bind(&route.system)
+                        .bind(Kind::Change.as_str())
+                        .bind(0i64)
+                        .bind(&entity)
+                        .bind(&record_id)
+                        .bind(format!("{entity}/{record_id}"))
+                        .bind(&op)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected() as usize;
+                }
+            }
+            if last != cursor {
+                sqlx::query("UPDATE cursors SET value = $1, updated_at = $2 WHERE name = 'dispatch'")
+                    .bind(last.to_string())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            (rows.len(), created)
+        });
+        Ok((passed, created))
+    }
+
+    /// The dispatcher's position in the change log.
+    pub async fn dispatch_cursor(&self) -> Result<i64> {
+        self.cursor("dispatch").await.map(|c| c.and_then(|v| v.parse().ok()).unwrap_or(0))
+    }
+
+    /// A named cursor's value (poll cursors of connectors live here too).
+    pub async fn cursor(&self, name: &str) -> Result<Option<String>> {
+        on_read!(self, |pool, _d| {
+            Ok(sqlx::query_scalar("SELECT value FROM cursors WHERE name = $1")
+                .bind(name.to_string())
+                .fetch_optional(pool)
+                .await?)
+        })
+    }
+
+    pub async fn set_cursor(&self, name: &str, value: &str) -> Result<()> {
+        on_write!(self, |pool, _d| {
+            sqlx::query(
+                "INSERT INTO cursors (name, value, updated_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            )
+            .bind(name.to_string())
+            .bind(value.to_string())
+            .bind(now_ms())
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Claims up to `limit` due deliveries of `system` for `owner` until
+    /// `now + lease_ms`. Only the head of each record's queue is eligible; queued
+    /// upserts behind it are coalesced: the head and all but the newest are marked
+    /// `skipped` (superseded) and the newest is delivered instead.
+    pub async fn claim(&self, system: &str, owner: &str, limit: usize, lease_ms: i64) -> Result<Vec<Claimed>> {
+        let now = now_ms();
+        on_write!(self, |pool, d| {
+            let mut tx = pool.begin().await?;
+            let skip_locked = if d == Dialect::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
+            let heads = sqlx::query(&format!(
+                "SELECT {DELIVERY_COLUMNS}, ordering_key FROM deliveries d
+                 WHERE d.system = $1
+                   AND ((d.status IN ('pending', 'retrying') AND d.next_attempt_at <= $2)
+                        OR (d.status = 'in_flight' AND d.lease_until < $2))
+                   AND NOT EXISTS (SELECT 1 FROM deliveries e
+                        WHERE e.system = d.system AND e.ordering_key = d.ordering_key
+                          AND e.change_seq < d.change_seq AND e.status IN {UNFINISHED})
+                 ORDER BY d.change_seq LIMIT $3{skip_locked}"
+            ))
+            .bind(system.to_string())
+            .bind(now)
+            .bind(limit as i64)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut claimed = Vec::with_capacity(heads.len());
+            for row in &heads {
+                let head = decode_delivery(row)?;
+                let ordering_key: String = row.try_get(18)?;
+                let mut target = head.clone();
+                let mut superseded = Vec::new();
+                if head.kind == Kind::Change {
+                    let lock = if d == Dialect::Postgres { " FOR UPDATE" } else { "" };
+                    let later = sqlx::query(&format!(
+                        "SELECT {DELIVERY_COLUMNS} FROM deliveries
+                         WHERE system = $1 AND ordering_key = $2 AND change_seq > $3
+                           AND status IN ('pending', 'retrying') ORDER BY change_seq{lock}"
+                    ))
+                    .bind(system.to_string())
+                    .bind(&ordering_key)
+                    .bind(head.change_seq)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    if let Some(newest) = later.last() {
+                        target = decode_delivery(newest)?;
+                        superseded.push(head.id);
+                        for row in &later[..later.len() - 1] {
+                            superseded.push(row.try_get::<i64, _>(0)?);
+                        }
+                    }
+                }
+                for id in &superseded {
+                    sqlx::query(
+                        "UPDATE deliveries SET status = 'skipped', remarks = $2, lease_owner = NULL, \
+                         lease_until = NULL, updated_at = $3, finished_at = $3 WHERE id = $1",
+                    )
+                    .bind(id)
+                    .bind(format!("superseded by change {} (coalesced into delivery {})", target.change_seq, target.id))
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                sqlx::query(
+                    "UPDATE deliveries SET status = 'in_flight', attempts = attempts + 1, lease_owner = $2, \
+                     lease_until = $3, updated_at = $4 WHERE id = $1",
+                )
+                .bind(target.id)
+                .bind(owner.to_string())
+                .bind(now + lease_ms)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                target.status = Status::InFlight;
+                target.attempts += 1;
+                target.lease_owner = Some(owner.to_string());
+                let change_row =
+                    sqlx::query(&format!("SELECT {} FROM changes WHERE seq = $1", crate::changes::change_columns(d)))
+                        .bind(target.change_seq)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                let change = crate::changes::decode_change(&change_row)?;
+                claimed.push(Claimed { delivery: target, change, superseded });
+            }
+            tx.commit().await?;
+            Ok(claimed)
+        })
+    }
+
+    /// Records a worker's outcome, the attempt history row, the link and the status
+    /// callback, in one transaction. Returns false (and changes nothing) when the
+    /// worker no longer holds the lease.
+    pub async fn finish(&self, delivery: &Delivery, owner: &str, f: &Finish) -> Result<bool> {
+        let now = now_ms();
+        let finished_at = f.status.is_final().then_some(now);
+        let next = f.next_attempt_at.unwrap_or(now);
+        on_write!(self, |pool, _d| {
+            let mut tx = pool.begin().await?;
+            let updated = sqlx::query(
+                "UPDATE deliveries SET status = $3, next_attempt_at = $4, http_status = $5, \
+                 external_id = COALESCE($6, external_id), remarks = $7, lease_owner = NULL, lease_until = NULL, \
+                 updated_at = $8, finished_at = $9 \
+                 WHERE id = $1 AND lease_owner = $2 AND status = 'in_flight'",
+            )
+            .bind(delivery.id)
+            .bind(owner.to_string())
+            .bind(f.status.as_str())
+            .bind(next)
+            .bind(f.http_status.map(i64::from))
+            .bind(f.external_id.clone())
+            .bind(f.remarks.clone())
+            .bind(now)
+            .bind(finished_at)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if updated == 0 {
+                return Ok(false);
+            }
+            sqlx::query(
+                "INSERT INTO delivery_attempts (delivery_id, attempt, outcome, http_status, remarks, duration_ms, at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(delivery.id)
+            .bind(delivery.attempts)
+            .bind(f.status.as_str())
+            .bind(f.http_status.map(i64::from))
+            .bind(f.remarks.clone())
+            .bind(f.duration_ms)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            if let Some(link) = &f.link {
+                sqlx::query(
+                    "INSERT INTO links (entity, record_id, system, external_id, synced_version, fingerprint, \
+                     snapshot, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                     ON CONFLICT (entity, record_id, system) DO UPDATE SET external_id = excluded.external_id, \
+                     synced_version = excluded.synced_version, fingerprint = excluded.fingerprint, \
+                     snapshot = excluded.snapshot, updated_at = excluded.updated_at",
+                )
+                .bind(&delivery.entity)
+                .bind(&delivery.record_id)
+                .bind(&delivery.system)
+                .bind(&link.external_id)
+                .bind(link.synced_version)
+                .bind(link.fingerprint.clone())
+                .bind(link.snapshot.clone())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            if let (Some(origin), true) = (&f.callback_to, f.status.is_final()) {
+                sqlx::query(INSERT_DELIVERY)
+                    .bind(delivery.change_seq)
+                    .bind(origin)
+                    .bind(Kind::Callback.as_str())
+                    .bind(delivery.id)
+                    .bind(&delivery.entity)
+                    .bind(&delivery.record_id)
+                    .bind(format!("callback/{}", delivery.id))
+                    .bind(&delivery.op)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    pub async fn delivery(&self, id: i64) -> Result<Option<Delivery>> {
+        on_read!(self, |pool, _d| {
+            let row = sqlx::query(&format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(pool)
+                .await?;
+            row.as_ref().map(decode_delivery).transpose()
+        })
+    }
+
+    pub async fn attempts(&self, delivery_id: i64) -> Result<Vec<Attempt>> {
+        on_read!(self, |pool, _d| {
+            let rows = sqlx::query(
+                "SELECT attempt, outcome, http_status, remarks, duration_ms, at FROM delivery_attempts \
+                 WHERE delivery_id = $1 ORDER BY id",
+            )
+            .bind(delivery_id)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(Attempt {
+                        attempt: r.try_get(0)?,
+                        outcome: r.try_get(1)?,
+                        http_status: r.try_get(2)?,
+                        remarks: r.try_get(3)?,
+                        duration_ms: r.try_get(4)?,
+                        at: r.try_get(5)?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    pub async fn deliveries(&self, f: &DeliveryFilter) -> Result<Vec<Delivery>> {
+        on_read!(self, |pool, _d| {
+            let mut sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE TRUE");
+            let mut texts: Vec<(usize, String)> = Vec::new();
+            let mut ints: Vec<(usize, i64)> = Vec::new();
+            let mut n = 0;
+            let mut add = |sql: &mut String, cond: &str| {
+                n += 1;
+                sql.push_str(&format!(" AND {cond} ${n}"));
+                n
+            };
+            if let Some(s) = &f.system {
+                let i = add(&mut sql, "system =");
+                texts.push((i, s.clone()));
+            }
+            if let Some(s) = f.status {
+                let i = add(&mut sql, "status =");
+                texts.push((i, s.as_str().to_string()));
+            }
+            if let Some(r) = &f.record_id {
+                let i = add(&mut sql, "record_id =");
+                texts.push((i, r.clone()));
+            }
+            if let Some(c) = f.change_seq {
+                let i = add(&mut sql, "change_seq =");
+                ints.push((i, c));
+            }
+            if let Some(a) = f.after_id {
+                let i = add(&mut sql, "id >");
+                ints.push((i, a));
+            }
+            sql.push_str(&format!(" ORDER BY id LIMIT {}", f.limit.clamp(1, 1000)));
+            // Bind in placeholder order.
+            let mut binds: Vec<(usize, Result<String, i64>)> =
+                texts.into_iter().map(|(i, s)| (i, Ok(s))).chain(ints.into_iter().map(|(i, v)| (i, Err(v)))).collect();
+            binds.sort_by_key(|(i, _)| *i);
+            let mut q = sqlx::query(&sql);
+            for (_, b) in binds {
+                q = match b {
+                    Ok(s) => q.bind(s),
+                    Err(v) => q.bind(v),
+                };
+            }
+            let rows = q.fetch_all(pool).await?;
+            rows.iter().map(decode_delivery).collect()
+        })
+    }
+
+    /// Puts a `dead` delivery back in the queue with a fresh attempt budget. The
+    /// attempt history is kept. Returns the delivery, or `None` if it is not dead.
+    pub async fn retry_delivery(&self, id: i64) -> Result<Option<Delivery>> {
+        let now = now_ms();
+        let n = on_write!(self, |pool, _d| {
+            sqlx::query(
+                "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $2, updated_at = $2, \
+                 finished_at = NULL, remarks = COALESCE(remarks, '') || ' [replayed]' WHERE id = $1 AND status = 'dead'",
+            )
+            .bind(id)
+            .bind(now)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        if n == 0 {
+            return Ok(None);
+        }
+        self.notify_deliveries();
+        self.delivery(id).await
+    }
+
+    /// Requeues every delivery of `system` in `status` (normally `dead`).
+    pub async fn replay(&self, system: &str, status: Status) -> Result<u64> {
+        let now = now_ms();
+        let n = on_write!(self, |pool, _d| {
+            sqlx::query(
+                "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $3, updated_at = $3, \
+                 finished_at = NULL, remarks = COALESCE(remarks, '') || ' [replayed]' \
+                 WHERE system = $1 AND status = $2",
+            )
+            .bind(system.to_string())
+            .bind(status.as_str())
+            .bind(now)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        self.notify_deliveries();
+        Ok(n)
+    }
+
+    /// Counts of unfinished and dead deliveries per system.
+    pub async fn queue_stats(&self) -> Result<std::collections::BTreeMap<String, QueueStats>> {
+        on_read!(self, |pool, _d| {
+            let rows = sqlx::query(
+                "SELECT system, status, COUNT(*), MIN(created_at) FROM deliveries \
+                 WHERE status IN ('pending', 'retrying', 'in_flight', 'dead') GROUP BY system, status",
+            )
+            .fetch_all(pool)
+            .await?;
+            let mut out = std::collections::BTreeMap::<String, QueueStats>::new();
+            for r in &rows {
+                let system: String = r.try_get(0)?;
+                let status: String = r.try_get(1)?;
+                let count: i64 = r.try_get(2)?;
+                let oldest: Option<i64> = r.try_get(3)?;
+                let s = out.entry(system).or_default();
+                match status.as_str() {
+                    "pending" => s.pending = count,
+                    "retrying" => s.retrying = count,
+                    "in_flight" => s.in_flight = count,
+                    _ => s.dead = count,
+                }
+                if status != "dead" {
+                    s.oldest_unfinished_at = match (s.oldest_unfinished_at, oldest) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    pub async fn set_paused(&self, system: &str, paused: bool) -> Result<()> {
+        on_write!(self, |pool, _d| {
+            sqlx::query(
+                "INSERT INTO system_state (system, paused, updated_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (system) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at",
+            )
+            .bind(system.to_string())
+            .bind(i64::from(paused))
+            .bind(now_ms())
+            .execute(pool)
+            .await?;
+        });
+        self.notify_deliveries();
+        Ok(())
+    }
+
+    pub async fn paused_systems(&self) -> Result<Vec<String>> {
+        on_read!(self, |pool, _d| {
+            Ok(sqlx::query_scalar("SELECT system FROM system_state WHERE paused = 1").fetch_all(pool).await?)
+        })
+    }
+
+    pub async fn link(&self, entity: &str, record_id: &str, system: &str) -> Result<Option<Link>> {
+        self.link_where("entity = $1 AND record_id = $2 AND system = $3", entity, record_id, system).await
+    }
+
+    pub async fn link_by_external_id(&self, system: &str, entity: &str, external_id: &str) -> Result<Option<Link>> {
+        self.link_where("system = $1 AND entity = $2 AND external_id = $3", system, entity, external_id).await
+    }
+
+    async fn link_where(&self, cond: &str, a: &str, b: &str, c: &str) -> Result<Option<Link>> {
+        on_read!(self, |pool, _d| {
+            let row = sqlx::query(&format!(
+                "SELECT entity, record_id, system, external_id, synced_version, fingerprint, snapshot, updated_at \
+                 FROM links WHERE {cond}"
+            ))
+            .bind(a.to_string())
+            .bind(b.to_string())
+            .bind(c.to_string())
+            .fetch_optional(pool)
+            .await?;
+            row.map(|r| {
+                Ok(Link {
+                    entity: r.try_get(0)?,
+                    record_id: r.try_get(1)?,
+                    system: r.try_get(2)?,
+                    external_id: r.try_get(3)?,
+                    synced_version: r.try_get(4)?,
+                    fingerprint: r.try_get(5)?,
+                    snapshot: r.try_get(6)?,
+                    updated_at: r.try_get(7)?,
+                })
+            })
+            .transpose()
+        })
+    }
+}
