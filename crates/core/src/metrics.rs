@@ -19,10 +19,18 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ("syncflow_http_request_duration_seconds", Kind::Histogram, "HTTP request latency, by route."),
     ("syncflow_changes_written_total", Kind::Counter, "Changes committed by this process, by entity and origin."),
     ("syncflow_change_log_head", Kind::Gauge, "Highest change sequence number in the change log."),
+    ("syncflow_dispatch_lag", Kind::Gauge, "Changes committed but not yet turned into deliveries."),
+    ("syncflow_deliveries_total", Kind::Counter, "Delivery outcomes recorded by this process, by system and outcome."),
+    ("syncflow_delivery_retries_total", Kind::Counter, "Retriable failures scheduled for another attempt, by system."),
+    ("syncflow_delivery_throttled_total", Kind::Counter, "HTTP 429 answers received, by system."),
+    ("syncflow_delivery_latency_seconds", Kind::Histogram, "Change commit to confirmed delivery, by system."),
+    ("syncflow_queue_depth", Kind::Gauge, "Unfinished deliveries (pending, retrying, in flight), by system."),
+    ("syncflow_queue_dead", Kind::Gauge, "Dead deliveries awaiting replay, by system."),
+    ("syncflow_queue_oldest_age_seconds", Kind::Gauge, "Age of the oldest unfinished delivery, by system."),
 ];
 
 /// Upper bounds (seconds) of histogram buckets.
-const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+const BUCKETS: [f64; 15] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
 type Labels = Vec<(&'static str, String)>;
 

@@ -135,3 +135,31 @@ impl Connector for HttpConnector {
         }
     }
 }
+
+/// Status callbacks: the final outcome of a delivery, POSTed (signed) to the
+/// `callback_url` of the system the change came from.
+pub struct CallbackSender {
+    system: String,
+    url: reqwest::Url,
+    secret: Option<String>,
+    client: reqwest::Client,
+}
+
+impl CallbackSender {
+    pub fn new(system: &str, url: &str, secret: Option<String>) -> Result<Self, String> {
+        let url = reqwest::Url::parse(url).map_err(|e| format!("callback_url `{url}`: {e}"))?;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .user_agent(concat!("syncflow/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Self { system: system.to_string(), url, secret, client })
+    }
+
+    pub async fn send(&self, callback_delivery_id: i64, payload: &serde_json::Value) -> Outcome {
+        let body = serde_json::to_vec(payload).expect("JSON values serialise");
+        let key = idempotency_key(callback_delivery_id, &body);
+        let label = format!("{} (callback)", self.system);
+        post_signed(&self.client, &label, self.url.clone(), self.secret.as_deref(), &key, body).await.0
+    }
+}

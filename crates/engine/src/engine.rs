@@ -1,0 +1,337 @@
+//! The dispatcher and worker loops.
+//!
+//! Invariants kept here: a delivery is recorded as delivered only after the
+//! connector reported success (at-least-once; connectors make effects idempotent);
+//! a retriable failure is retried no sooner than backoff or `Retry-After` allows and
+//! becomes `dead` after `max_attempts`; a system's requests never exceed its token
+//! bucket; per-record order comes from the store's claim rule.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use syncflow_connectors::http::CallbackSender;
+use syncflow_connectors::{ConfigError, Connector, Outcome, PushRequest};
+use syncflow_core::metrics::Registry;
+use syncflow_store::deliveries::Kind;
+use syncflow_store::{now_ms, Claimed, DeliveryStatus, Finish, Route, Store};
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::config::SystemConfig;
+use crate::policy::{backoff, TokenBucket};
+
+/// Changes the dispatcher routes per transaction.
+const DISPATCH_BATCH: usize = 1000;
+/// Deliveries one claim may take.
+const CLAIM_BATCH: usize = 256;
+/// How often idle loops look again (for retries coming due and other nodes' work).
+const IDLE_POLL: Duration = Duration::from_millis(500);
+/// How long shutdown waits for pushes in flight before leaving them to their lease.
+const DRAIN: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("two systems are named `{0}`")]
+    DuplicateName(String),
+}
+
+struct System {
+    config: SystemConfig,
+    connector: Arc<dyn Connector>,
+    callback: Option<CallbackSender>,
+    limiter: Option<Mutex<TokenBucket>>,
+    slots: Arc<Semaphore>,
+    /// Woken by the dispatcher when it created deliveries for this system.
+    work: Notify,
+}
+
+pub struct Engine {
+    store: Store,
+    systems: Vec<Arc<System>>,
+    /// Lease owner name of this process.
+    node: String,
+    metrics: Arc<Registry>,
+}
+
+impl Engine {
+    pub fn new(store: Store, configs: Vec<SystemConfig>) -> Result<Engine, EngineError> {
+        let mut systems = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for config in configs {
+            if !seen.insert(config.name.clone()) {
+                return Err(EngineError::DuplicateName(config.name));
+            }
+            let connector = syncflow_connectors::build(&config.name, &config.kind, config.settings.clone())?;
+            let callback = match &config.callback_url {
+                Some(url) => Some(
+                    CallbackSender::new(&config.name, url, config.callback_secret.clone())
+                        .map_err(|message| ConfigError::Invalid { system: config.name.clone(), message })?,
+                ),
+                None => None,
+            };
+            let limiter = config.rate_limit.map(|r| Mutex::new(TokenBucket::new(r, config.burst)));
+            let slots = Arc::new(Semaphore::new(config.concurrency));
+            systems.push(Arc::new(System { config, connector, callback, limiter, slots, work: Notify::new() }));
+        }
+        let node = format!("{}-{}", std::process::id(), syncflow_core::id::new_id("node"));
+        Ok(Engine { metrics: store.metrics(), store, systems, node })
+    }
+
+    pub fn systems(&self) -> impl Iterator<Item = &SystemConfig> {
+        self.systems.iter().map(|s| &s.config)
+    }
+
+    /// Starts the dispatcher and one worker loop per system. They stop when
+    /// `shutdown` turns true; workers then wait (bounded) for pushes in flight.
+    pub fn spawn(self: &Arc<Self>, shutdown: watch::Receiver<bool>) -> JoinSet<()> {
+        let mut tasks = JoinSet::new();
+        if self.systems.is_empty() {
+            return tasks;
+        }
+        tasks.spawn(self.clone().dispatcher(shutdown.clone()));
+        for system in &self.systems {
+            tasks.spawn(self.clone().worker(system.clone(), shutdown.clone()));
+        }
+        tasks
+    }
+
+    async fn dispatcher(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let routes: Vec<Route> = self
+            .systems
+            .iter()
+            .map(|s| Route { system: s.config.name.clone(), entities: s.config.entities.clone() })
+            .collect();
+        let mut wake = self.store.subscribe();
+        while !*shutdown.borrow() {
+            match self.store.dispatch(&routes, DISPATCH_BATCH).await {
+                Ok((passed, created)) => {
+                    if created > 0 {
+                        self.systems.iter().for_each(|s| s.work.notify_one());
+                    }
+                    if passed == DISPATCH_BATCH {
+                        continue; // more waiting
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "dispatch failed; will retry"),
+            }
+            tokio::select! {
+                _ = wake.changed() => {}
+                _ = tokio::time::sleep(IDLE_POLL) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    async fn worker(self: Arc<Self>, system: Arc<System>, mut shutdown: watch::Receiver<bool>) {
+        let name = system.config.name.clone();
+        let lease_ms = system.config.lease.as_millis() as i64;
+        let mut wake = self.store.subscribe();
+        let mut in_flight = JoinSet::new();
+        while !*shutdown.borrow() {
+            while in_flight.try_join_next().is_some() {}
+            let paused = match self.store.paused_systems().await {
+                Ok(p) => p.contains(&name),
+                Err(e) => {
+                    tracing::warn!(system = %name, error = %e, "cannot read system state");
+                    true
+                }
+            };
+            let free = system.slots.available_permits();
+            let claimed = if paused || free == 0 {
+                Vec::new()
+            } else {
+                match self.store.claim(&name, &self.node, free.min(CLAIM_BATCH), lease_ms).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(system = %name, error = %e, "claim failed; will retry");
+                        Vec::new()
+                    }
+                }
+            };
+            if claimed.is_empty() {
+                tokio::select! {
+                    _ = system.work.notified() => {}
+                    _ = wake.changed() => {}
+                    _ = tokio::time::sleep(IDLE_POLL) => {}
+                    _ = shutdown.changed() => {}
+                    // A slot freed up while all were busy.
+                    Some(_) = in_flight.join_next(), if free == 0 => {}
+                }
+                continue;
+            }
+            for c in claimed {
+                let Ok(permit) = system.slots.clone().acquire_owned().await else { break };
+                let engine = self.clone();
+                let system = system.clone();
+                in_flight.spawn(async move {
+                    engine.perform(&system, c).await;
+                    drop(permit);
+                });
+            }
+        }
+        let deadline = tokio::time::sleep(DRAIN);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                next = in_flight.join_next() => if next.is_none() { break },
+                _ = &mut deadline => {
+                    tracing::warn!(system = %name, left = in_flight.len(), "shutdown: leaving pushes to their lease");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Waits for a token of the system's bucket.
+    async fn throttle(system: &System) {
+        let Some(limiter) = &system.limiter else { return };
+        loop {
+            let wait = limiter.lock().unwrap_or_else(|e| e.into_inner()).try_take(Instant::now());
+            match wait {
+                Ok(()) => return,
+                Err(d) => tokio::time::sleep(d).await,
+            }
+        }
+    }
+
+    async fn perform(&self, system: &System, claimed: Claimed) {
+        let Claimed { delivery, change, superseded } = claimed;
+        let name = system.config.name.as_str();
+        if !superseded.is_empty() {
+            self.metrics.inc(
+                "syncflow_deliveries_total",
+                &[("system", name), ("outcome", "skipped")],
+                superseded.len() as f64,
+            );
+        }
+        Self::throttle(system).await;
+        let started = Instant::now();
+        let outcome = match delivery.kind {
+            Kind::Change => {
+                let link = self.store.link(&delivery.entity, &delivery.record_id, name).await.ok().flatten();
+                let req = PushRequest {
+                    delivery_id: delivery.id,
+                    attempt: delivery.attempts,
+                    change: &change,
+                    link: link.as_ref(),
+                };
+                system.connector.push(req).await
+            }
+            Kind::Callback => self.send_callback(system, &delivery).await,
+        };
+        let duration_ms = started.elapsed().as_millis() as i64;
+        let callback_to = self
+            .systems
+            .iter()
+            .find(|s| s.config.name == change.origin && s.callback.is_some())
+            .filter(|_| delivery.kind == Kind::Change)
+            .map(|s| s.config.name.clone());
+        let mut finish = Finish {
+            status: DeliveryStatus::Delivered,
+            next_attempt_at: None,
+            http_status: None,
+            external_id: None,
+            remarks: None,
+            duration_ms,
+            link: None,
+            callback_to,
+        };
+        match outcome {
+            Outcome::Delivered { http_status, external_id, link } => {
+                finish.http_status = http_status;
+                finish.external_id = external_id;
+                finish.link = link;
+                if !superseded.is_empty() {
+                    finish.remarks =
+                        Some(format!("delivered the latest state; coalesced {} queued change(s)", superseded.len()));
+                }
+            }
+            Outcome::Retry { http_status, reason, retry_after } => {
+                finish.http_status = http_status;
+                if http_status == Some(429) {
+                    self.metrics.inc("syncflow_delivery_throttled_total", &[("system", name)], 1.0);
+                    if let (Some(limiter), Some(d)) = (&system.limiter, retry_after) {
+                        limiter.lock().unwrap_or_else(|e| e.into_inner()).pause(d);
+                    }
+                }
+                if delivery.attempts >= system.config.max_attempts {
+                    finish.status = DeliveryStatus::Dead;
+                    finish.remarks = Some(format!("{reason} — gave up after {} attempts", delivery.attempts));
+                } else {
+                    let wait = retry_after.unwrap_or_else(|| {
+                        backoff(delivery.attempts, system.config.backoff_initial, system.config.backoff_max)
+                    });
+                    finish.status = DeliveryStatus::Retrying;
+                    finish.next_attempt_at = Some(now_ms() + wait.as_millis() as i64);
+                    finish.remarks = Some(reason);
+                    self.metrics.inc("syncflow_delivery_retries_total", &[("system", name)], 1.0);
+                }
+            }
+            Outcome::Reject { http_status, reason } => {
+                finish.http_status = http_status;
+                finish.status = DeliveryStatus::Dead;
+                finish.remarks = Some(reason);
+            }
+        }
+        match self.store.finish(&delivery, &self.node, &finish).await {
+            Ok(true) => {
+                self.metrics.inc(
+                    "syncflow_deliveries_total",
+                    &[("system", name), ("outcome", finish.status.as_str())],
+                    1.0,
+                );
+                if finish.status == DeliveryStatus::Delivered && delivery.kind == Kind::Change {
+                    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(&change.created_at) {
+                        let lag = (chrono::Utc::now() - at.with_timezone(&chrono::Utc)).num_microseconds().unwrap_or(0);
+                        self.metrics.observe(
+                            "syncflow_delivery_latency_seconds",
+                            &[("system", name)],
+                            lag as f64 / 1e6,
+                        );
+                    }
+                }
+                if finish.status == DeliveryStatus::Dead {
+                    tracing::warn!(system = name, delivery = delivery.id, remarks = ?finish.remarks, "delivery is dead");
+                }
+            }
+            Ok(false) => {
+                tracing::warn!(system = name, delivery = delivery.id, "lease lost before the outcome was recorded")
+            }
+            Err(e) => {
+                tracing::error!(system = name, delivery = delivery.id, error = %e, "could not record outcome; the lease will expire and it will be retried")
+            }
+        }
+    }
+
+    async fn send_callback(&self, system: &System, callback: &syncflow_store::Delivery) -> Outcome {
+        let Some(sender) = &system.callback else {
+            return Outcome::Reject { http_status: None, reason: "system has no callback_url any more".into() };
+        };
+        let subject = match callback.subject_id {
+            Some(id) => self.store.delivery(id).await,
+            None => Ok(None),
+        };
+        let subject = match subject {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                return Outcome::Reject {
+                    http_status: None,
+                    reason: "the delivery reported on no longer exists".into(),
+                }
+            }
+            Err(e) => return Outcome::Retry { http_status: None, reason: format!("database: {e}"), retry_after: None },
+        };
+        let payload = json!({
+            "type": format!("delivery.{}", subject.status.as_str()),
+            "delivery": {
+                "id": subject.id, "system": subject.system, "status": subject.status, "attempts": subject.attempts,
+                "http_status": subject.http_status, "external_id": subject.external_id, "remarks": subject.remarks,
+            },
+            "change": {"seq": subject.change_seq, "entity": subject.entity, "record_id": subject.record_id, "op": subject.op},
+        });
+        sender.send(callback.id, &payload).await
+    }
+}

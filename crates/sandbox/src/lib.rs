@@ -1,0 +1,7 @@
+//! Local stand-ins of external systems, bound to loopback only: used by tests,
+//! benchmarks and the demo so that every behaviour crossing a process boundary is
+//! exercised over real HTTP.
+
+pub mod receiver;
+
+pub use receiver::{Receiver, Reply};
