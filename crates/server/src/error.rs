@@ -19,6 +19,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("version mismatch: If-Match names version {expected}, the record is at version {current}")]
     VersionMismatch { expected: i64, current: i64 },
+    #[error("{0}")]
+    Conflict(String),
     #[error("request body must be JSON (Content-Type: application/json)")]
     UnsupportedMediaType,
     #[error("request body too large")]
@@ -38,6 +40,7 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::VersionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -53,6 +56,7 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::NotFound(_) => "not_found",
             ApiError::VersionMismatch { .. } => "version_mismatch",
+            ApiError::Conflict(_) => "conflict",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::Invalid(_) => "validation_failed",

@@ -7,6 +7,7 @@
 mod auth;
 mod catalog;
 mod changes;
+mod deliveries;
 pub mod error;
 mod extract;
 mod openapi;
@@ -21,6 +22,7 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use syncflow_core::metrics::Registry;
+use syncflow_engine::SystemConfig;
 use syncflow_store::Store;
 
 pub use auth::ApiTokens;
@@ -32,11 +34,25 @@ pub struct AppState {
     pub store: Store,
     pub metrics: Arc<Registry>,
     pub tokens: ApiTokens,
+    /// The configured external systems (empty when none are).
+    pub systems: Arc<Vec<SystemConfig>>,
 }
 
 impl AppState {
     pub fn new(store: Store, tokens: ApiTokens) -> Self {
-        Self { metrics: store.metrics(), store, tokens }
+        Self { metrics: store.metrics(), store, tokens, systems: Arc::default() }
+    }
+
+    pub fn with_systems(mut self, systems: Vec<SystemConfig>) -> Self {
+        self.systems = Arc::new(systems);
+        self
+    }
+
+    pub(crate) fn system(&self, name: &str) -> Result<&SystemConfig, ApiError> {
+        self.systems
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| ApiError::NotFound(format!("no system named `{name}`")))
     }
 }
 
@@ -47,8 +63,10 @@ pub fn router(state: AppState) -> Router {
     for entity in syncflow_core::ENTITIES.iter().copied() {
         api = api.merge(catalog::routes(entity));
     }
-    let api =
-        api.merge(changes::routes()).route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
+    let api = api
+        .merge(changes::routes())
+        .merge(deliveries::routes())
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
 
     Router::new()
         .merge(api)

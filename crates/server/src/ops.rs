@@ -22,6 +22,22 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
     // The head is read at scrape time, so it covers writes by every node and by SQL.
     if let Ok(head) = state.store.head_seq().await {
         state.metrics.set("syncflow_change_log_head", &[], head as f64);
+        if let (false, Ok(cursor)) = (state.systems.is_empty(), state.store.dispatch_cursor().await) {
+            state.metrics.set("syncflow_dispatch_lag", &[], (head - cursor).max(0) as f64);
+        }
+    }
+    // Queue gauges come from the shared transaction table, so every node reports
+    // the same, complete numbers.
+    if let Ok(stats) = state.store.queue_stats().await {
+        let now = syncflow_store::now_ms();
+        for s in state.systems.iter() {
+            let q = stats.get(&s.name).cloned().unwrap_or_default();
+            let labels = [("system", s.name.as_str())];
+            state.metrics.set("syncflow_queue_depth", &labels, q.depth() as f64);
+            state.metrics.set("syncflow_queue_dead", &labels, q.dead as f64);
+            let age = q.oldest_unfinished_at.map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0);
+            state.metrics.set("syncflow_queue_oldest_age_seconds", &labels, age);
+        }
     }
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
 }

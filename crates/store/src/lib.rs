@@ -174,6 +174,34 @@ impl Store {
         self.inner.metrics.clone()
     }
 
+    /// PostgreSQL: forwards `pg_notify('syncflow_changes')` — sent by every node's
+    /// writes, the capture triggers and the sequencer — to `subscribe()`rs, so this
+    /// node wakes for other nodes' work. Notifications only wake; the tables stay
+    /// the source of truth, and waiters also poll. A no-op on SQLite.
+    pub fn spawn_listener(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let Backend::Postgres(pool) = &self.inner.backend else { return None };
+        let pool = pool.clone();
+        let store = self.clone();
+        Some(tokio::spawn(async move {
+            loop {
+                let listener = async {
+                    let mut l = sqlx::postgres::PgListener::connect_with(&pool).await?;
+                    l.listen("syncflow_changes").await?;
+                    loop {
+                        l.recv().await?;
+                        store.notify_deliveries();
+                    }
+                    #[allow(unreachable_code)]
+                    Ok::<(), sqlx::Error>(())
+                };
+                if let Err(e) = listener.await {
+                    tracing::warn!(error = %e, "change listener lost its connection; reconnecting");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }))
+    }
+
     /// Wakes delivery workers (after a replay, retry or resume).
     pub(crate) fn notify_deliveries(&self) {
         self.inner.wake.send_modify(|n| *n = n.wrapping_add(1));

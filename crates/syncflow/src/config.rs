@@ -13,6 +13,10 @@ use serde::Deserialize;
 pub struct Config {
     #[serde(default)]
     pub server: ServerConfig,
+    /// `[[systems]]` blocks, parsed by the engine (common keys) and each
+    /// connector (the rest).
+    #[serde(default)]
+    pub systems: Vec<toml::Table>,
 }
 
 #[derive(Default, Deserialize)]
@@ -98,6 +102,26 @@ database_url = "sqlite:syncflow.db"
 
 # "text" (human) or "json" (one object per line, for log shippers).
 log_format = "text"
+
+# External systems. Each block names a connector `kind`; changes to the listed
+# entities are delivered to it (never back to the system they came from).
+#
+# [[systems]]
+# name = "crm"                    # also the `origin` of changes it sends us
+# kind = "http"                   # POST each change as signed JSON
+# entities = ["customer", "invoice"]
+# url = "https://crm.example.com/syncflow"
+# secret = "${CRM_WEBHOOK_SECRET}" # HMAC key for the Syncflow-Signature header
+# timeout = "10s"
+# rate_limit = 20                 # requests per second (token bucket); omit = unlimited
+# burst = 20
+# concurrency = 8                 # pushes in flight at once
+# max_attempts = 10               # then the delivery is `dead` (replayable)
+# backoff_initial = "1s"          # doubles per attempt, with jitter ...
+# backoff_max = "5m"              # ... up to this
+# lease = "60s"                   # a crashed worker's delivery is retried after this
+# callback_url = "https://crm.example.com/syncflow-status"  # outcomes of changes from crm
+# callback_secret = "${CRM_CALLBACK_SECRET}"
 "#;
 
 #[cfg(test)]

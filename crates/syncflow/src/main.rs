@@ -2,12 +2,15 @@
 //! the library crates.
 
 mod config;
+mod ops;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use syncflow_engine::{Engine, SystemConfig};
 use syncflow_server::{router, ApiTokens, AppState};
 use syncflow_store::Store;
 
@@ -36,6 +39,31 @@ enum LogFormat {
 enum Command {
     /// Run the hub: HTTP API over the catalog (SQLite ./syncflow.db by default).
     Serve(ServeArgs),
+    /// List deliveries from the transaction table (newest last).
+    Deliveries {
+        #[command(flatten)]
+        db: DbArgs,
+        /// Only this status: pending, in_flight, delivered, retrying, dead, skipped.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only this system.
+        #[arg(long)]
+        system: Option<String>,
+        /// Only this record.
+        #[arg(long)]
+        record: Option<String>,
+        /// Show at most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Put a system's dead deliveries back in the queue.
+    Replay {
+        #[command(flatten)]
+        db: DbArgs,
+        /// The system whose dead letters to replay.
+        #[arg(long)]
+        system: String,
+    },
     /// Write a commented starter configuration file.
     Init {
         /// Where to write it.
@@ -48,10 +76,23 @@ enum Command {
 }
 
 #[derive(clap::Args)]
-struct ServeArgs {
+struct DbArgs {
     /// `sqlite:PATH`, a file path, or `postgres://…`.
     #[arg(long, env = "SYNCFLOW_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+}
+
+impl DbArgs {
+    async fn open(self, config: &Config) -> Result<Store> {
+        let url = self.database_url.or(config.server.database_url.clone()).unwrap_or_else(|| DEFAULT_DATABASE.into());
+        Store::open(&url).await.with_context(|| format!("opening database {}", syncflow_store::redact(&url)))
+    }
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    db: DbArgs,
     /// Address to listen on.
     #[arg(long, env = "SYNCFLOW_LISTEN")]
     listen: Option<String>,
@@ -81,9 +122,18 @@ fn main() -> Result<()> {
     init_logging(log_format);
     match cli.command {
         Command::Init { path, force } => init(&path, force),
-        Command::Serve(args) => {
+        command => {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            runtime.block_on(serve(args, config))
+            runtime.block_on(async move {
+                match command {
+                    Command::Serve(args) => serve(args, config).await,
+                    Command::Deliveries { db, status, system, record, limit } => {
+                        ops::deliveries(db.open(&config).await?, status, system, record, limit).await
+                    }
+                    Command::Replay { db, system } => ops::replay(db.open(&config).await?, &system).await,
+                    Command::Init { .. } => unreachable!("handled above"),
+                }
+            })
         }
     }
 }
@@ -109,7 +159,7 @@ fn init(path: &PathBuf, force: bool) -> Result<()> {
 }
 
 async fn serve(args: ServeArgs, config: Config) -> Result<()> {
-    let listen = args.listen.or(config.server.listen).unwrap_or_else(|| DEFAULT_LISTEN.into());
+    let listen = args.listen.or(config.server.listen.clone()).unwrap_or_else(|| DEFAULT_LISTEN.into());
     let addr: SocketAddr =
         listen.parse().with_context(|| format!("--listen {listen:?} is not an address like 127.0.0.1:8080"))?;
     let tokens = match args.api_tokens {
@@ -122,11 +172,15 @@ async fn serve(args: ServeArgs, config: Config) -> Result<()> {
              (or api_tokens in the config), or pass --insecure-no-auth"
         );
     }
-    let database_url = args.database_url.or(config.server.database_url).unwrap_or_else(|| DEFAULT_DATABASE.into());
-
-    let store = Store::open(&database_url)
-        .await
-        .with_context(|| format!("opening database {}", syncflow_store::redact(&database_url)))?;
+    let systems = config
+        .systems
+        .iter()
+        .cloned()
+        .map(SystemConfig::from_table)
+        .collect::<Result<Vec<_>, _>>()
+        .context("in [[systems]]")?;
+    let store = args.db.open(&config).await?;
+    let engine = Arc::new(Engine::new(store.clone(), systems.clone()).context("in [[systems]]")?);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     let bound = listener.local_addr()?;
     tracing::info!(
@@ -135,9 +189,21 @@ async fn serve(args: ServeArgs, config: Config) -> Result<()> {
         auth = if tokens.is_empty() { "off" } else { "bearer" },
         "syncflow serving"
     );
-    let app = router(AppState::new(store.clone(), tokens));
+    for s in &systems {
+        tracing::info!(system = %s.name, kind = %s.kind, entities = ?s.entities, "delivering to system");
+    }
+    let notify_task = store.spawn_listener();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut engine_tasks = engine.spawn(stopped);
+    let app = router(AppState::new(store.clone(), tokens).with_systems(systems));
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
-    tracing::info!("in-flight requests finished; closing the database");
+    tracing::info!("in-flight requests finished; stopping delivery workers");
+    let _ = stop.send(true);
+    while engine_tasks.join_next().await.is_some() {}
+    if let Some(t) = notify_task {
+        t.abort();
+    }
+    tracing::info!("closing the database");
     store.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -1,99 +1,13 @@
 //! The real binary as a user runs it: a separate process, real HTTP, real signals.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
 
+use common::{temp_dir, Hub, BIN};
 use serde_json::{json, Value};
-
-const BIN: &str = env!("CARGO_BIN_EXE_syncflow");
-
-fn temp_dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("syncflow-cli-{}", syncflow_core::id::new_id("d")));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// A running `syncflow serve`, its address read from its JSON log.
-struct Hub {
-    child: Child,
-    addr: String,
-    logs: mpsc::Receiver<Value>,
-}
-
-impl Hub {
-    fn start(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Hub {
-        let mut cmd = Command::new(BIN);
-        cmd.current_dir(dir)
-            .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .env_remove("SYNCFLOW_DATABASE_URL")
-            .env_remove("SYNCFLOW_API_TOKENS")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null());
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn syncflow");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let v = serde_json::from_str(&line).unwrap_or_else(|_| json!({"raw": line}));
-                if tx.send(v).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut hub = Hub { child, addr: String::new(), logs: rx };
-        let line = hub.wait_log(|l| l["message"] == "syncflow serving");
-        hub.addr = line["listen"].as_str().unwrap().to_string();
-        hub
-    }
-
-    /// Waits (10 s at most) for a log line matching `pred`.
-    fn wait_log(&self, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.logs.recv_timeout(left) {
-                Ok(line) if pred(&line) => return line,
-                Ok(_) => {}
-                Err(e) => panic!("log line not seen: {e}"),
-            }
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap().success();
-        assert!(ok, "kill {sig} failed");
-    }
-
-    fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "syncflow did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Hub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn post(client: &reqwest::Client, url: &str, body: Value) -> (u16, Value) {
     let r = client.post(url).json(&body).send().await.unwrap();
