@@ -33,7 +33,7 @@ pub fn build() -> Value {
         "type": "object", "required": ["code", "message"],
         "properties": {
             "code": {"type": "string", "enum": ["bad_request", "unauthorized", "not_found", "version_mismatch",
-                "unsupported_media_type", "payload_too_large", "validation_failed", "unavailable", "internal"]},
+                "conflict", "unsupported_media_type", "payload_too_large", "validation_failed", "unavailable", "internal"]},
             "message": {"type": "string"},
             "fields": {"type": "array", "items": {"type": "object", "properties": {
                 "field": {"type": "string"}, "message": {"type": "string"}}}},
