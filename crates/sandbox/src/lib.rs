@@ -3,5 +3,7 @@
 //! exercised over real HTTP.
 
 pub mod receiver;
+pub mod stripe;
 
 pub use receiver::{Receiver, Reply};
+pub use stripe::{StripeOptions, StripeSandbox};

@@ -61,6 +61,8 @@ struct Inner {
     applied: Vec<Value>,
     in_flight: HashMap<String, usize>,
     max_in_flight_per_record: usize,
+    /// Fraction of requests answered 500 (after the script).
+    error_rate: f64,
 }
 
 #[derive(Clone)]
@@ -103,6 +105,11 @@ impl Receiver {
         self.lock().fallback = reply;
     }
 
+    /// Answers this fraction of requests (0..1) with a 500, at random.
+    pub fn set_error_rate(&self, rate: f64) {
+        self.lock().error_rate = rate;
+    }
+
     pub fn received(&self) -> Vec<Received> {
         self.lock().received.clone()
     }
@@ -122,7 +129,9 @@ async fn handle(State(r): State<Receiver>, uri: axum::http::Uri, headers: Header
     let at = Instant::now();
     let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
     let signature_ok = r.secret.as_deref().map(|secret| {
-        let header = headers.get("syncflow-signature").and_then(|v| v.to_str().ok());
+        // Our own scheme, or Stripe's (the same format) when it stands in for a webhook endpoint.
+        let header =
+            headers.get("syncflow-signature").or_else(|| headers.get("stripe-signature")).and_then(|v| v.to_str().ok());
         syncflow_connectors::signature::verify(header, &body, &[secret], chrono::Utc::now().timestamp(), 300).is_ok()
     });
     let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -144,7 +153,13 @@ async fn handle(State(r): State<Receiver>, uri: axum::http::Uri, headers: Header
     let reply = if signature_ok == Some(false) {
         Reply::error(400, "bad signature")
     } else {
-        inner.script.pop_front().or_else(|| inner.fallback.clone()).unwrap_or(Reply::status(200))
+        match inner.script.pop_front() {
+            Some(r) => r,
+            None if inner.error_rate > 0.0 && rand::random::<f64>() < inner.error_rate => {
+                Reply::error(500, "sandbox injected error")
+            }
+            None => inner.fallback.clone().unwrap_or(Reply::status(200)),
+        }
     };
     let mut out_body = reply.body.clone();
     if (200..300).contains(&reply.status) {
