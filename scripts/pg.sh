@@ -33,8 +33,11 @@ pg_start() {
     PG_PORT=$(pg_free_port)
     runuser -u postgres -- "$bin/initdb" -D "$PG_DIR/data" -U postgres --auth=trust -E UTF8 >"$PG_DIR/initdb.log" 2>&1 \
         || { cat "$PG_DIR/initdb.log" >&2; return 1; }
+    # Tests trade durability for speed; PG_DURABLE=1 (benchmarks) keeps the defaults.
+    local speed="-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    [ "${PG_DURABLE:-0}" = 1 ] && speed="-c shared_buffers=256MB"
     runuser -u postgres -- "$bin/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 60 start \
-        -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $PG_DIR -c wal_level=logical -c max_connections=400 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" >/dev/null \
+        -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $PG_DIR -c wal_level=logical -c max_connections=400 $speed" >/dev/null \
         || { cat "$PG_DIR/server.log" >&2; return 1; }
     export PG_DIR PG_PORT
     export SYNCFLOW_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"

@@ -63,6 +63,11 @@ struct Inner {
     max_in_flight_per_record: usize,
     /// Fraction of requests answered 500 (after the script).
     error_rate: f64,
+    /// Benchmarks turn this off to keep memory flat; counts are kept either way.
+    drop_bodies: bool,
+    applied_count: usize,
+    /// Wall-clock receive time and body of each applied effect (when bodies are kept).
+    log: Vec<(chrono::DateTime<chrono::Utc>, Value)>,
 }
 
 #[derive(Clone)]
@@ -105,6 +110,21 @@ impl Receiver {
         self.lock().fallback = reply;
     }
 
+    /// Whether to keep request bodies (`received`, `applied`); counts are kept anyway.
+    pub fn keep_bodies(&self, keep: bool) {
+        self.lock().drop_bodies = !keep;
+    }
+
+    /// Number of effects applied (2xx, first time for their key).
+    pub fn applied_count(&self) -> usize {
+        self.lock().applied_count
+    }
+
+    /// Wall-clock receive time and body of each applied effect.
+    pub fn received_log(&self) -> Vec<(chrono::DateTime<chrono::Utc>, Value)> {
+        self.lock().log.clone()
+    }
+
     /// Answers this fraction of requests (0..1) with a 500, at random.
     pub fn set_error_rate(&self, rate: f64) {
         self.lock().error_rate = rate;
@@ -127,6 +147,7 @@ impl Receiver {
 
 async fn handle(State(r): State<Receiver>, uri: axum::http::Uri, headers: HeaderMap, body: Bytes) -> Response {
     let at = Instant::now();
+    let wall = chrono::Utc::now();
     let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
     let signature_ok = r.secret.as_deref().map(|secret| {
         // Our own scheme, or Stripe's (the same format) when it stands in for a webhook endpoint.
@@ -172,9 +193,17 @@ async fn handle(State(r): State<Receiver>, uri: axum::http::Uri, headers: Header
                 if let Some(k) = &key {
                     inner.effects.insert(k.clone(), out_body.clone());
                 }
-                inner.applied.push(json.clone());
+                inner.applied_count += 1;
+                if !inner.drop_bodies {
+                    inner.applied.push(json.clone());
+                    inner.log.push((wall, json.clone()));
+                }
             }
         }
+    }
+    if inner.drop_bodies {
+        drop(inner);
+        return finish(reply, out_body);
     }
     inner.received.push(Received {
         at,
@@ -185,7 +214,11 @@ async fn handle(State(r): State<Receiver>, uri: axum::http::Uri, headers: Header
         status: reply.status,
     });
     drop(inner);
-    let mut resp = (StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK), axum::Json(out_body)).into_response();
+    finish(reply, out_body)
+}
+
+fn finish(reply: Reply, body: Value) -> Response {
+    let mut resp = (StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK), axum::Json(body)).into_response();
     if let Some(s) = reply.retry_after {
         resp.headers_mut().insert("retry-after", s.into());
     }

@@ -1,0 +1,176 @@
+//! The scenarios. Each builds its own hub configuration, drives load from this
+//! process, measures, and returns one row.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use serde_json::json;
+use syncflow_sandbox::Receiver;
+
+use crate::hub::{percentile, Env, Hub};
+use crate::Row;
+
+type Run = fn(Env, bool) -> Pin<Box<dyn Future<Output = Result<Row>> + Send>>;
+
+pub struct Scenario {
+    pub name: &'static str,
+    pub run: Run,
+}
+
+pub const ALL: &[Scenario] = &[
+    Scenario { name: "outward-throughput", run: |e, q| Box::pin(outward_throughput(e, q)) },
+    Scenario { name: "commit-to-delivery-latency", run: |e, q| Box::pin(latency(e, q)) },
+    Scenario { name: "backlog-memory", run: |e, q| Box::pin(backlog_memory(e, q)) },
+];
+
+fn http_system(name: &str, receiver: &Receiver, extra: &str) -> String {
+    format!(
+        "[[systems]]\nname = \"{name}\"\nkind = \"http\"\nurl = \"{}\"\nsecret = \"bench\"\n{extra}\n",
+        receiver.url("/in")
+    )
+}
+
+/// Creates `n` customers through the API with `concurrency` clients; returns when
+/// all are committed.
+async fn create_customers(hub: &Hub, n: usize, concurrency: usize) -> Result<Duration> {
+    let started = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let next = next.clone();
+        let client = hub.client.clone();
+        let url = hub.url("/v1/customers");
+        tasks.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                let body = json!({"name": format!("Bench {i}"), "email": format!("b{i}@example.com")});
+                let r = client.post(&url).json(&body).send().await?;
+                if !r.status().is_success() {
+                    bail!("create failed: {}", r.status());
+                }
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(started.elapsed())
+}
+
+async fn wait_applied(receiver: &Receiver, n: usize, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    while receiver.applied_count() < n {
+        if Instant::now() > deadline {
+            bail!("only {} of {n} delivered", receiver.applied_count());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Changes/s committed through the API and delivered to a receiver that takes
+/// 50 ms per request, with no rate limit.
+async fn outward_throughput(env: Env, quick: bool) -> Result<Row> {
+    let n = if quick { 3_000 } else { 20_000 };
+    let receiver = Receiver::start(Some("bench"), Duration::from_millis(50)).await;
+    receiver.keep_bodies(false);
+    let hub = env.start(&http_system("sink", &receiver, "concurrency = 1024"))?;
+    let started = Instant::now();
+    let commit = create_customers(&hub, n, 64).await?;
+    wait_applied(&receiver, n, Duration::from_secs(600)).await?;
+    let total = started.elapsed();
+    let commit_rate = n as f64 / commit.as_secs_f64();
+    let delivered_rate = n as f64 / total.as_secs_f64();
+    Ok(Row {
+        scenario: "outward-throughput",
+        backend: String::new(),
+        result: format!("{delivered_rate:.0} changes/s delivered ({commit_rate:.0}/s committed, {n} changes)"),
+        goal: "≥ 5,000/s",
+        met: Some(delivered_rate >= 5000.0),
+        data: json!({"changes": n, "committed_per_s": commit_rate, "delivered_per_s": delivered_rate,
+                     "seconds": total.as_secs_f64(), "receiver_latency_ms": 50}),
+    })
+}
+
+/// Commit-to-delivery latency at a steady 200 changes/s to an instant receiver.
+async fn latency(env: Env, quick: bool) -> Result<Row> {
+    let seconds = if quick { 5 } else { 20 };
+    let n = 200 * seconds;
+    let receiver = Receiver::start(None, Duration::ZERO).await;
+    let hub = env.start(&http_system("sink", &receiver, "concurrency = 64"))?;
+    let mut ticker = tokio::time::interval(Duration::from_millis(5));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        ticker.tick().await;
+        let client = hub.client.clone();
+        let url = hub.url("/v1/customers");
+        tasks.spawn(async move { client.post(&url).json(&json!({"name": format!("L{i}")})).send().await.map(|_| ()) });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    wait_applied(&receiver, n, Duration::from_secs(120)).await?;
+    let mut lat: Vec<f64> = receiver
+        .received_log()
+        .iter()
+        .filter_map(|(wall, body)| {
+            let created = chrono::DateTime::parse_from_rfc3339(body["change"]["created_at"].as_str()?).ok()?;
+            Some((*wall - created.with_timezone(&chrono::Utc)).num_microseconds()? as f64 / 1000.0)
+        })
+        .collect();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let (p50, p99, max) = (percentile(&lat, 50.0), percentile(&lat, 99.0), lat.last().copied().unwrap_or(f64::NAN));
+    let goal_ms = if env.database_url.starts_with("postgres") { 50.0 } else { 100.0 };
+    Ok(Row {
+        scenario: "commit-to-delivery-latency",
+        backend: String::new(),
+        result: format!("p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms at 200/s ({n} changes)"),
+        goal: if goal_ms == 50.0 { "p99 ≤ 50 ms (PostgreSQL)" } else { "p99 ≤ 100 ms (SQLite)" },
+        met: Some(p99 <= goal_ms),
+        data: json!({"changes": n, "rate_per_s": 200, "p50_ms": p50, "p99_ms": p99, "max_ms": max}),
+    })
+}
+
+/// Peak RSS of the hub while it drains a backlog built up while its system was
+/// paused.
+async fn backlog_memory(env: Env, quick: bool) -> Result<Row> {
+    let n = if quick { 20_000 } else { 100_000 };
+    let receiver = Receiver::start(None, Duration::ZERO).await;
+    receiver.keep_bodies(false);
+    let hub = env.start(&http_system("sink", &receiver, "concurrency = 256"))?;
+    hub.post("/v1/systems/sink/pause", &json!({})).await?;
+    create_customers(&hub, n, 32).await?;
+    let (_, peak_before) = hub.rss_mib();
+    let started = Instant::now();
+    hub.post("/v1/systems/sink/resume", &json!({})).await?;
+    let mut peak_drain: f64 = 0.0;
+    while receiver.applied_count() < n {
+        peak_drain = peak_drain.max(hub.rss_mib().0);
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("backlog not drained in 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let drain = started.elapsed();
+    let (_, peak_all) = hub.rss_mib();
+    Ok(Row {
+        scenario: "backlog-memory",
+        backend: String::new(),
+        result: format!(
+            "peak RSS {peak_drain:.0} MiB draining {n} changes in {:.1} s (lifetime peak {peak_all:.0} MiB)",
+            drain.as_secs_f64()
+        ),
+        goal: "≤ 150 MB",
+        met: Some(peak_all * 1.048_576 <= 150.0),
+        data: json!({"changes": n, "peak_rss_drain_mib": peak_drain, "peak_rss_lifetime_mib": peak_all,
+                     "peak_rss_before_drain_mib": peak_before, "drain_seconds": drain.as_secs_f64()}),
+    })
+}
