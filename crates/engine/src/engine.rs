@@ -15,7 +15,7 @@ use syncflow_connectors::{ConfigError, Connector, Outcome, PushRequest};
 use syncflow_core::metrics::Registry;
 use syncflow_store::deliveries::Kind;
 use syncflow_store::{now_ms, Claimed, DeliveryStatus, Finish, Route, Store};
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::config::SystemConfig;
@@ -29,6 +29,11 @@ const CLAIM_BATCH: usize = 256;
 const IDLE_POLL: Duration = Duration::from_millis(500);
 /// How long shutdown waits for pushes in flight before leaving them to their lease.
 const DRAIN: Duration = Duration::from_secs(10);
+/// Most outcomes recorded per transaction.
+const RECORD_BATCH: usize = 256;
+
+/// An outcome on its way to the recorder, with where to say whether it was recorded.
+type Recorded = (syncflow_store::Delivery, Finish, oneshot::Sender<Result<bool, String>>);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -92,10 +97,29 @@ impl Engine {
             return tasks;
         }
         tasks.spawn(self.clone().dispatcher(shutdown.clone()));
+        // Workers hold the only senders: the recorder ends after the last worker.
+        let (record, outcomes) = mpsc::channel(RECORD_BATCH * 4);
+        tasks.spawn(self.clone().recorder(outcomes));
         for system in &self.systems {
-            tasks.spawn(self.clone().worker(system.clone(), shutdown.clone()));
+            tasks.spawn(self.clone().worker(system.clone(), shutdown.clone(), record.clone()));
         }
         tasks
+    }
+
+    /// Records outcomes in batches: under load many deliveries finish together and
+    /// share one commit; when idle a batch is a single outcome, so nothing waits.
+    async fn recorder(self: Arc<Self>, mut outcomes: mpsc::Receiver<Recorded>) {
+        let mut batch = Vec::with_capacity(RECORD_BATCH);
+        while outcomes.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+            let items: Vec<(&syncflow_store::Delivery, &Finish)> = batch.iter().map(|(d, f, _)| (d, f)).collect();
+            let result = self.store.finish_many(&self.node, &items).await;
+            for (i, (_, _, reply)) in batch.drain(..).enumerate() {
+                let _ = reply.send(match &result {
+                    Ok(r) => Ok(r[i]),
+                    Err(e) => Err(e.to_string()),
+                });
+            }
+        }
     }
 
     async fn dispatcher(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
@@ -125,7 +149,12 @@ impl Engine {
         }
     }
 
-    async fn worker(self: Arc<Self>, system: Arc<System>, mut shutdown: watch::Receiver<bool>) {
+    async fn worker(
+        self: Arc<Self>,
+        system: Arc<System>,
+        mut shutdown: watch::Receiver<bool>,
+        record: mpsc::Sender<Recorded>,
+    ) {
         let name = system.config.name.clone();
         let lease_ms = system.config.lease.as_millis() as i64;
         let mut wake = self.store.subscribe();
@@ -166,8 +195,9 @@ impl Engine {
                 let Ok(permit) = system.slots.clone().acquire_owned().await else { break };
                 let engine = self.clone();
                 let system = system.clone();
+                let record = record.clone();
                 in_flight.spawn(async move {
-                    engine.perform(&system, c).await;
+                    engine.perform(&system, c, &record).await;
                     drop(permit);
                 });
             }
@@ -197,7 +227,7 @@ impl Engine {
         }
     }
 
-    async fn perform(&self, system: &System, claimed: Claimed) {
+    async fn perform(&self, system: &System, claimed: Claimed, record: &mpsc::Sender<Recorded>) {
         let Claimed { delivery, change, superseded } = claimed;
         let name = system.config.name.as_str();
         if !superseded.is_empty() {
@@ -276,14 +306,21 @@ impl Engine {
                 finish.remarks = Some(reason);
             }
         }
-        match self.store.finish(&delivery, &self.node, &finish).await {
+        let (reply, recorded) = oneshot::channel();
+        let status = finish.status;
+        let remarks = finish.remarks.clone();
+        let outcome = match record.send((delivery.clone(), finish, reply)).await {
+            Ok(()) => recorded.await.unwrap_or_else(|_| Err("recorder stopped".into())),
+            Err(_) => Err("recorder stopped".into()),
+        };
+        match outcome {
             Ok(true) => {
                 self.metrics.inc(
                     "syncflow_deliveries_total",
-                    &[("system", name), ("outcome", finish.status.as_str())],
+                    &[("system", name), ("outcome", status.as_str())],
                     1.0,
                 );
-                if finish.status == DeliveryStatus::Delivered && delivery.kind == Kind::Change {
+                if status == DeliveryStatus::Delivered && delivery.kind == Kind::Change {
                     if let Ok(at) = chrono::DateTime::parse_from_rfc3339(&change.created_at) {
                         let lag = (chrono::Utc::now() - at.with_timezone(&chrono::Utc)).num_microseconds().unwrap_or(0);
                         self.metrics.observe(
@@ -293,8 +330,8 @@ impl Engine {
                         );
                     }
                 }
-                if finish.status == DeliveryStatus::Dead {
-                    tracing::warn!(system = name, delivery = delivery.id, remarks = ?finish.remarks, "delivery is dead");
+                if status == DeliveryStatus::Dead {
+                    tracing::warn!(system = name, delivery = delivery.id, remarks = ?remarks, "delivery is dead");
                 }
             }
             Ok(false) => {

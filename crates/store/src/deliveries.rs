@@ -419,80 +419,90 @@ impl Store {
     /// callback, in one transaction. Returns false (and changes nothing) when the
     /// worker no longer holds the lease.
     pub async fn finish(&self, delivery: &Delivery, owner: &str, f: &Finish) -> Result<bool> {
+        Ok(self.finish_many(owner, &[(delivery, f)]).await?[0])
+    }
+
+    /// `finish` for several deliveries in one transaction (one commit instead of
+    /// many when workers are busy). Each item's result says whether it was recorded.
+    pub async fn finish_many(&self, owner: &str, items: &[(&Delivery, &Finish)]) -> Result<Vec<bool>> {
         let now = now_ms();
-        let finished_at = f.status.is_final().then_some(now);
-        let next = f.next_attempt_at.unwrap_or(now);
         on_write!(self, |pool, _d| {
             let mut tx = pool.begin().await?;
-            let updated = sqlx::query(
-                "UPDATE deliveries SET status = $3, next_attempt_at = $4, http_status = $5, \
-                 external_id = COALESCE($6, external_id), remarks = $7, lease_owner = NULL, lease_until = NULL, \
-                 updated_at = $8, finished_at = $9 \
-                 WHERE id = $1 AND lease_owner = $2 AND status = 'in_flight'",
-            )
-            .bind(delivery.id)
-            .bind(owner.to_string())
-            .bind(f.status.as_str())
-            .bind(next)
-            .bind(f.http_status.map(i64::from))
-            .bind(f.external_id.clone())
-            .bind(f.remarks.clone())
-            .bind(now)
-            .bind(finished_at)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if updated == 0 {
-                return Ok(false);
-            }
-            sqlx::query(
-                "INSERT INTO delivery_attempts (delivery_id, attempt, outcome, http_status, remarks, duration_ms, at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(delivery.id)
-            .bind(delivery.attempts)
-            .bind(f.status.as_str())
-            .bind(f.http_status.map(i64::from))
-            .bind(f.remarks.clone())
-            .bind(f.duration_ms)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            if let Some(link) = &f.link {
-                sqlx::query(
-                    "INSERT INTO links (entity, record_id, system, external_id, synced_version, fingerprint, \
-                     snapshot, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                     ON CONFLICT (entity, record_id, system) DO UPDATE SET external_id = excluded.external_id, \
-                     synced_version = excluded.synced_version, fingerprint = excluded.fingerprint, \
-                     snapshot = excluded.snapshot, updated_at = excluded.updated_at",
+            let mut results = Vec::with_capacity(items.len());
+            for (delivery, f) in items {
+                let finished_at = f.status.is_final().then_some(now);
+                let next = f.next_attempt_at.unwrap_or(now);
+                let updated = sqlx::query(
+                    "UPDATE deliveries SET status = $3, next_attempt_at = $4, http_status = $5, \
+                     external_id = COALESCE($6, external_id), remarks = $7, lease_owner = NULL, lease_until = NULL, \
+                     updated_at = $8, finished_at = $9 \
+                     WHERE id = $1 AND lease_owner = $2 AND status = 'in_flight'",
                 )
-                .bind(&delivery.entity)
-                .bind(&delivery.record_id)
-                .bind(&delivery.system)
-                .bind(&link.external_id)
-                .bind(link.synced_version)
-                .bind(link.fingerprint.clone())
-                .bind(link.snapshot.clone())
+                .bind(delivery.id)
+                .bind(owner.to_string())
+                .bind(f.status.as_str())
+                .bind(next)
+                .bind(f.http_status.map(i64::from))
+                .bind(f.external_id.clone())
+                .bind(f.remarks.clone())
+                .bind(now)
+                .bind(finished_at)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                results.push(updated > 0);
+                if updated == 0 {
+                    continue;
+                }
+                sqlx::query(
+                    "INSERT INTO delivery_attempts (delivery_id, attempt, outcome, http_status, remarks, duration_ms, at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(delivery.id)
+                .bind(delivery.attempts)
+                .bind(f.status.as_str())
+                .bind(f.http_status.map(i64::from))
+                .bind(f.remarks.clone())
+                .bind(f.duration_ms)
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
-            }
-            if let (Some(origin), true) = (&f.callback_to, f.status.is_final()) {
-                sqlx::query(INSERT_DELIVERY)
-                    .bind(delivery.change_seq)
-                    .bind(origin)
-                    .bind(Kind::Callback.as_str())
-                    .bind(delivery.id)
+                if let Some(link) = &f.link {
+                    sqlx::query(
+                        "INSERT INTO links (entity, record_id, system, external_id, synced_version, fingerprint, \
+                         snapshot, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                         ON CONFLICT (entity, record_id, system) DO UPDATE SET external_id = excluded.external_id, \
+                         synced_version = excluded.synced_version, fingerprint = excluded.fingerprint, \
+                         snapshot = excluded.snapshot, updated_at = excluded.updated_at",
+                    )
                     .bind(&delivery.entity)
                     .bind(&delivery.record_id)
-                    .bind(format!("callback/{}", delivery.id))
-                    .bind(&delivery.op)
+                    .bind(&delivery.system)
+                    .bind(&link.external_id)
+                    .bind(link.synced_version)
+                    .bind(link.fingerprint.clone())
+                    .bind(link.snapshot.clone())
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;
+                }
+                if let (Some(origin), true) = (&f.callback_to, f.status.is_final()) {
+                    sqlx::query(INSERT_DELIVERY)
+                        .bind(delivery.change_seq)
+                        .bind(origin)
+                        .bind(Kind::Callback.as_str())
+                        .bind(delivery.id)
+                        .bind(&delivery.entity)
+                        .bind(&delivery.record_id)
+                        .bind(format!("callback/{}", delivery.id))
+                        .bind(&delivery.op)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                }
             }
             tx.commit().await?;
-            Ok(true)
+            Ok(results)
         })
     }
 
