@@ -315,11 +315,7 @@ impl Engine {
         };
         match outcome {
             Ok(true) => {
-                self.metrics.inc(
-                    "syncflow_deliveries_total",
-                    &[("system", name), ("outcome", status.as_str())],
-                    1.0,
-                );
+                self.metrics.inc("syncflow_deliveries_total", &[("system", name), ("outcome", status.as_str())], 1.0);
                 if status == DeliveryStatus::Delivered && delivery.kind == Kind::Change {
                     if let Ok(at) = chrono::DateTime::parse_from_rfc3339(&change.created_at) {
                         let lag = (chrono::Utc::now() - at.with_timezone(&chrono::Utc)).num_microseconds().unwrap_or(0);

@@ -234,6 +234,11 @@ where
     })
 }
 
+/// `$from, $from+1, …` for `n` values.
+fn placeholders(from: usize, n: usize) -> String {
+    (from..from + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
 const INSERT_DELIVERY: &str = "INSERT INTO deliveries (change_seq, system, kind, subject_id, entity, record_id, \
      ordering_key, op, status, next_attempt_at, created_at, updated_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $9, $9) ON CONFLICT DO NOTHING";
@@ -352,33 +357,50 @@ impl Store {
             .bind(limit as i64)
             .fetch_all(&mut *tx)
             .await?;
-            let mut claimed = Vec::with_capacity(heads.len());
+            if heads.is_empty() {
+                return Ok(Vec::new());
+            }
+            // Set-based from here: a few statements per claim, not a few per delivery.
+            let mut items = Vec::with_capacity(heads.len());
             for row in &heads {
-                let head = decode_delivery(row)?;
-                let ordering_key: String = row.try_get(18)?;
-                let mut target = head.clone();
-                let mut superseded = Vec::new();
-                if head.kind == Kind::Change {
-                    let lock = if d == Dialect::Postgres { " FOR UPDATE" } else { "" };
-                    let later = sqlx::query(&format!(
-                        "SELECT {DELIVERY_COLUMNS} FROM deliveries
-                         WHERE system = $1 AND ordering_key = $2 AND change_seq > $3
-                           AND status IN ('pending', 'retrying') ORDER BY change_seq{lock}"
-                    ))
-                    .bind(system.to_string())
-                    .bind(&ordering_key)
-                    .bind(head.change_seq)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                    if let Some(newest) = later.last() {
-                        target = decode_delivery(newest)?;
-                        superseded.push(head.id);
-                        for row in &later[..later.len() - 1] {
-                            superseded.push(row.try_get::<i64, _>(0)?);
-                        }
-                    }
+                items.push((decode_delivery(row)?, row.try_get::<String, _>(18)?));
+            }
+            let keys: Vec<&String> = items.iter().filter(|(d, _)| d.kind == Kind::Change).map(|(_, k)| k).collect();
+            let mut queued: Vec<(String, Delivery)> = Vec::new();
+            if !keys.is_empty() {
+                let lock = if d == Dialect::Postgres { " FOR UPDATE" } else { "" };
+                let sql = format!(
+                    "SELECT {DELIVERY_COLUMNS}, ordering_key FROM deliveries
+                     WHERE system = $1 AND status IN ('pending', 'retrying') AND ordering_key IN ({})
+                     ORDER BY change_seq{lock}",
+                    placeholders(2, keys.len())
+                );
+                let mut q = sqlx::query(&sql).bind(system.to_string());
+                for k in &keys {
+                    q = q.bind(k.as_str());
                 }
-                for id in &superseded {
+                for row in q.fetch_all(&mut *tx).await? {
+                    queued.push((row.try_get(18)?, decode_delivery(&row)?));
+                }
+            }
+            let mut targets = Vec::with_capacity(items.len());
+            for (head, key) in items {
+                let later: Vec<&Delivery> = queued
+                    .iter()
+                    .filter(|(k, d)| head.kind == Kind::Change && *k == key && d.change_seq > head.change_seq)
+                    .map(|(_, d)| d)
+                    .collect();
+                match later.split_last() {
+                    Some((newest, between)) => {
+                        let mut superseded = vec![head.id];
+                        superseded.extend(between.iter().map(|d| d.id));
+                        targets.push(((*newest).clone(), superseded));
+                    }
+                    None => targets.push((head, Vec::new())),
+                }
+            }
+            for (target, superseded) in &targets {
+                for id in superseded {
                     sqlx::query(
                         "UPDATE deliveries SET status = 'skipped', remarks = $2, lease_owner = NULL, \
                          lease_until = NULL, updated_at = $3, finished_at = $3 WHERE id = $1",
@@ -389,25 +411,39 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
                 }
-                sqlx::query(
-                    "UPDATE deliveries SET status = 'in_flight', attempts = attempts + 1, lease_owner = $2, \
-                     lease_until = $3, updated_at = $4 WHERE id = $1",
-                )
-                .bind(target.id)
-                .bind(owner.to_string())
-                .bind(now + lease_ms)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+            }
+            let sql = format!(
+                "UPDATE deliveries SET status = 'in_flight', attempts = attempts + 1, lease_owner = $1, \
+                 lease_until = $2, updated_at = $3 WHERE id IN ({})",
+                placeholders(4, targets.len())
+            );
+            let mut q = sqlx::query(&sql).bind(owner.to_string()).bind(now + lease_ms).bind(now);
+            for (t, _) in &targets {
+                q = q.bind(t.id);
+            }
+            q.execute(&mut *tx).await?;
+            let sql = format!(
+                "SELECT {} FROM changes WHERE seq IN ({})",
+                crate::changes::change_columns(d),
+                placeholders(1, targets.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for (t, _) in &targets {
+                q = q.bind(t.change_seq);
+            }
+            let mut changes = std::collections::HashMap::new();
+            for row in q.fetch_all(&mut *tx).await? {
+                let change = crate::changes::decode_change(&row)?;
+                changes.insert(change.seq, change);
+            }
+            let mut claimed = Vec::with_capacity(targets.len());
+            for (mut target, superseded) in targets {
                 target.status = Status::InFlight;
                 target.attempts += 1;
                 target.lease_owner = Some(owner.to_string());
-                let change_row =
-                    sqlx::query(&format!("SELECT {} FROM changes WHERE seq = $1", crate::changes::change_columns(d)))
-                        .bind(target.change_seq)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                let change = crate::changes::decode_change(&change_row)?;
+                let change = changes.get(&target.change_seq).cloned().ok_or_else(|| {
+                    StoreError::Corrupt(format!("delivery {} names missing change {}", target.id, target.change_seq))
+                })?;
                 claimed.push(Claimed { delivery: target, change, superseded });
             }
             tx.commit().await?;
