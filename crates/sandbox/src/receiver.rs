@@ -85,7 +85,10 @@ impl Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
         let receiver = Receiver { inner: Arc::default(), secret: secret.map(str::to_string), latency, addr };
-        let app = Router::new().route("/{*path}", post(handle)).with_state(receiver.clone());
+        let app = Router::new()
+            .route("/_received", axum::routing::get(recent))
+            .route("/{*path}", post(handle))
+            .with_state(receiver.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -143,6 +146,13 @@ impl Receiver {
     pub fn max_concurrent_per_record(&self) -> usize {
         self.lock().max_in_flight_per_record
     }
+}
+
+/// `GET /_received`: the last 50 effects applied, newest first (for people).
+async fn recent(State(r): State<Receiver>) -> axum::Json<Value> {
+    let inner = r.lock();
+    let list: Vec<Value> = inner.applied.iter().rev().take(50).cloned().collect();
+    axum::Json(json!({"applied": inner.applied_count, "recent": list}))
 }
 
 async fn handle(State(r): State<Receiver>, uri: axum::http::Uri, headers: HeaderMap, body: Bytes) -> Response {

@@ -2,6 +2,7 @@
 //! the library crates.
 
 mod config;
+mod demo;
 mod ops;
 
 use std::net::SocketAddr;
@@ -63,6 +64,12 @@ enum Command {
         /// The system whose dead letters to replay.
         #[arg(long)]
         system: String,
+    },
+    /// Run the hub with sandbox systems and sample data, and print what to try.
+    Demo {
+        /// Address of the hub's API.
+        #[arg(long, default_value = DEFAULT_LISTEN)]
+        listen: String,
     },
     /// Write a commented starter configuration file.
     Init {
@@ -126,7 +133,8 @@ fn main() -> Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(async move {
                 match command {
-                    Command::Serve(args) => serve(args, config).await,
+                    Command::Serve(args) => serve(args, config, None).await,
+                    Command::Demo { listen } => demo::run(listen, config).await,
                     Command::Deliveries { db, status, system, record, limit } => {
                         ops::deliveries(db.open(&config).await?, status, system, record, limit).await
                     }
@@ -158,7 +166,8 @@ fn init(path: &PathBuf, force: bool) -> Result<()> {
     Ok(())
 }
 
-async fn serve(args: ServeArgs, config: Config) -> Result<()> {
+/// Runs the hub until SIGINT/SIGTERM. `ready` learns the bound address.
+async fn serve(args: ServeArgs, config: Config, ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>) -> Result<()> {
     let listen = args.listen.or(config.server.listen.clone()).unwrap_or_else(|| DEFAULT_LISTEN.into());
     let addr: SocketAddr =
         listen.parse().with_context(|| format!("--listen {listen:?} is not an address like 127.0.0.1:8080"))?;
@@ -196,6 +205,9 @@ async fn serve(args: ServeArgs, config: Config) -> Result<()> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut engine_tasks = engine.spawn(stopped);
     let app = router(AppState::new(store.clone(), tokens).with_systems(systems));
+    if let Some(ready) = ready {
+        let _ = ready.send(bound);
+    }
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
     tracing::info!("in-flight requests finished; stopping delivery workers");
     let _ = stop.send(true);

@@ -116,3 +116,46 @@ async fn serve_on_postgres_via_database_url() {
     drop(hub);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The README's demo command: the hub with sandbox systems, where a customer created
+/// in the hub shows up at the sandbox warehouse.
+#[tokio::test]
+async fn demo_runs_and_syncs_a_new_customer() {
+    use std::io::BufRead;
+    let dir = temp_dir();
+    let mut child = Command::new(BIN)
+        .current_dir(&dir)
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut hub, mut warehouse) = (None, None);
+    while hub.is_none() || warehouse.is_none() {
+        let line = lines.next().expect("demo printed its URLs").unwrap();
+        let url = line.split_whitespace().last().unwrap_or("").to_string();
+        if line.trim_start().starts_with("hub API") {
+            hub = Some(url);
+        } else if line.trim_start().starts_with("warehouse") {
+            warehouse = Some(url);
+        }
+    }
+    let (hub, warehouse) = (hub.unwrap(), warehouse.unwrap());
+    let client = reqwest::Client::new();
+    let (status, created) = post(&client, &format!("{hub}/v1/customers"), json!({"name": "Katherine Johnson"})).await;
+    assert_eq!(status, 201);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let seen: Value = client.get(&warehouse).send().await.unwrap().json().await.unwrap();
+        if seen["recent"].as_array().unwrap().iter().any(|b| b["data"]["id"] == created["id"]) {
+            assert_eq!(seen["applied"], 4, "three seeded customers and ours");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the new customer never reached the warehouse: {seen}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    assert!(child.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(dir);
+}
