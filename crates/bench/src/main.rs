@@ -7,6 +7,7 @@
 
 mod hub;
 mod scenarios;
+mod stripe_scenarios;
 
 use std::path::PathBuf;
 use std::time::Duration;

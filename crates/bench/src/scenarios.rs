@@ -25,6 +25,9 @@ pub const ALL: &[Scenario] = &[
     Scenario { name: "outward-throughput", run: |e, q| Box::pin(outward_throughput(e, q)) },
     Scenario { name: "commit-to-delivery-latency", run: |e, q| Box::pin(latency(e, q)) },
     Scenario { name: "backlog-memory", run: |e, q| Box::pin(backlog_memory(e, q)) },
+    Scenario { name: "stripe-at-rate-limit", run: |e, q| Box::pin(crate::stripe_scenarios::rate_limit(e, q)) },
+    Scenario { name: "webhook-ingest", run: |e, q| Box::pin(crate::stripe_scenarios::webhook_ingest(e, q)) },
+    Scenario { name: "inward-fan-out", run: |e, q| Box::pin(crate::stripe_scenarios::inward_fanout(e, q)) },
 ];
 
 fn http_system(name: &str, receiver: &Receiver, extra: &str) -> String {

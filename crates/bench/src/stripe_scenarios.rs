@@ -1,0 +1,207 @@
+//! Scenarios that involve Stripe: a backlog drained into the rate-limited Stripe
+//! sandbox, signed webhook ingest, and webhook-to-second-system fan-out.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use serde_json::{json, Value};
+use syncflow_sandbox::{Receiver, StripeOptions, StripeSandbox};
+
+use crate::hub::{percentile, Env};
+use crate::Row;
+
+const KEY: &str = "sk_test_bench";
+const WHSEC: &str = "whsec_bench";
+
+fn stripe_system(api_base: &str, extra: &str) -> String {
+    format!(
+        "[[systems]]\nname = \"stripe\"\nkind = \"stripe\"\napi_base = \"{api_base}\"\nsecret_key = \"{KEY}\"\n\
+         webhook_secret = \"{WHSEC}\"\n{extra}\n"
+    )
+}
+
+/// A signed `customer.created` event as Stripe would send it.
+fn event(i: usize, name: &str) -> (Vec<u8>, String) {
+    let now = chrono::Utc::now().timestamp();
+    let body = json!({
+        "id": format!("evt_bench_{i}"), "object": "event", "type": "customer.created", "created": now,
+        "livemode": false, "api_version": "2024-06-20",
+        "data": {"object": {"id": format!("cus_bench_{i}"), "object": "customer", "created": now,
+            "name": name, "email": format!("w{i}@example.com"), "metadata": {}, "description": null, "phone": null}},
+    });
+    let bytes = serde_json::to_vec(&body).expect("json");
+    let sig = syncflow_connectors::signature::sign(WHSEC, now, &bytes);
+    (bytes, sig)
+}
+
+/// A 20,000-change backlog drained into the Stripe sandbox limited to 100 req/s.
+pub async fn rate_limit(env: Env, quick: bool) -> Result<Row> {
+    let n = if quick { 1_000 } else { 20_000 };
+    let limit = 100.0;
+    let stripe =
+        StripeSandbox::start("127.0.0.1:0".parse()?, StripeOptions { rate_limit: Some(limit), ..Default::default() })
+            .await?;
+    let hub = env.start(&stripe_system(&stripe.url(), "api_rate_limit = 100\nconcurrency = 16"))?;
+    hub.post("/v1/systems/stripe/pause", &json!({})).await?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..32 {
+        let (next, client, url) = (next.clone(), hub.client.clone(), hub.url("/v1/customers"));
+        tasks.spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < n {
+                let r = client.post(&url).json(&json!({"name": "Backlog"})).send().await?;
+                if !r.status().is_success() {
+                    bail!("create failed: {}", r.status());
+                }
+            }
+            Ok::<(), anyhow::Error>(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    let before = stripe.stats();
+    let started = Instant::now();
+    hub.post("/v1/systems/stripe/resume", &json!({})).await?;
+    while stripe.stats().customers < n {
+        if started.elapsed() > Duration::from_secs(n as u64 / 50 + 120) {
+            bail!("only {} of {n} customers reached Stripe", stripe.stats().customers);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let after = stripe.stats();
+    let requests = after.requests - before.requests;
+    let throttled = after.throttled - before.throttled;
+    let used = n as f64 / secs / limit * 100.0;
+    let throttled_pct = throttled as f64 / requests.max(1) as f64 * 100.0;
+    Ok(Row {
+        scenario: "stripe-at-rate-limit",
+        backend: String::new(),
+        result: format!("{used:.1} % of 100 req/s used, {throttled_pct:.2} % answered 429 ({n} customers, {requests} requests, nothing lost)"),
+        goal: "≥ 95 % of limit, ≤ 0.1 % 429",
+        met: Some(used >= 95.0 && throttled_pct <= 0.1),
+        data: json!({"changes": n, "seconds": secs, "requests": requests, "throttled": throttled,
+                     "limit_used_pct": used, "throttled_pct": throttled_pct, "customers_in_stripe": after.customers}),
+    })
+}
+
+/// Signed Stripe-style webhooks, each durable before its 2xx.
+pub async fn webhook_ingest(env: Env, quick: bool) -> Result<Row> {
+    let n = if quick { 3_000 } else { 20_000 };
+    let stripe = StripeSandbox::start("127.0.0.1:0".parse()?, StripeOptions::default()).await?;
+    let hub = env.start(&stripe_system(&stripe.url(), ""))?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..64 {
+        let (next, client, url) = (next.clone(), hub.client.clone(), hub.url("/webhooks/stripe"));
+        tasks.spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return Ok::<Vec<f64>, anyhow::Error>(lat);
+                }
+                let (body, sig) = event(i, &format!("Hook {i}"));
+                let t = Instant::now();
+                let r = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("stripe-signature", sig)
+                    .body(body)
+                    .send()
+                    .await?;
+                if !r.status().is_success() {
+                    bail!("webhook answered {}", r.status());
+                }
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+        });
+    }
+    let mut lat = Vec::with_capacity(n);
+    while let Some(r) = tasks.join_next().await {
+        lat.extend(r??);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let rate = n as f64 / secs;
+    let p99 = percentile(&lat, 99.0);
+    Ok(Row {
+        scenario: "webhook-ingest",
+        backend: String::new(),
+        result: format!("{rate:.0} req/s, p50 {:.1} ms, p99 {p99:.1} ms ({n} signed events)", percentile(&lat, 50.0)),
+        goal: "≥ 5,000 req/s, p99 ≤ 50 ms",
+        met: Some(rate >= 5000.0 && p99 <= 50.0),
+        data: json!({"events": n, "per_s": rate, "p50_ms": percentile(&lat, 50.0), "p99_ms": p99}),
+    })
+}
+
+/// Webhook received → delivered to a second system, at a steady 100 events/s.
+pub async fn inward_fanout(env: Env, quick: bool) -> Result<Row> {
+    let seconds = if quick { 5 } else { 20 };
+    let n = 100 * seconds;
+    let stripe = StripeSandbox::start("127.0.0.1:0".parse()?, StripeOptions::default()).await?;
+    let receiver = Receiver::start(None, Duration::ZERO).await;
+    let systems = format!(
+        "{}[[systems]]\nname = \"warehouse\"\nkind = \"http\"\nurl = \"{}\"\nconcurrency = 64\n",
+        stripe_system(&stripe.url(), ""),
+        receiver.url("/in")
+    );
+    let hub = env.start(&systems)?;
+    let mut sent = std::collections::HashMap::new();
+    let mut ticker = tokio::time::interval(Duration::from_millis(10));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        ticker.tick().await;
+        let name = format!("Fan {i}");
+        let (body, sig) = event(i, &name);
+        sent.insert(name, chrono::Utc::now());
+        let (client, url) = (hub.client.clone(), hub.url("/webhooks/stripe"));
+        tasks.spawn(async move {
+            client
+                .post(&url)
+                .header("content-type", "application/json")
+                .header("stripe-signature", sig)
+                .body(body)
+                .send()
+                .await
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        let r = r??;
+        if !r.status().is_success() {
+            bail!("webhook answered {}", r.status());
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while receiver.applied_count() < n {
+        if Instant::now() > deadline {
+            bail!("only {} of {n} reached the second system", receiver.applied_count());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut lat: Vec<f64> = receiver
+        .received_log()
+        .iter()
+        .filter_map(|(wall, body): &(chrono::DateTime<chrono::Utc>, Value)| {
+            let at = sent.get(body["data"]["name"].as_str()?)?;
+            Some((*wall - *at).num_microseconds()? as f64 / 1000.0)
+        })
+        .collect();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let p99 = percentile(&lat, 99.0);
+    Ok(Row {
+        scenario: "inward-fan-out",
+        backend: String::new(),
+        result: format!(
+            "p50 {:.1} ms, p99 {p99:.1} ms webhook → second system ({n} events at 100/s)",
+            percentile(&lat, 50.0)
+        ),
+        goal: "p99 ≤ 100 ms",
+        met: Some(p99 <= 100.0),
+        data: json!({"events": n, "p50_ms": percentile(&lat, 50.0), "p99_ms": p99, "matched": lat.len()}),
+    })
+}
