@@ -22,6 +22,9 @@ pub enum FieldType {
     Enum(&'static [&'static str]),
     /// A calendar date, `YYYY-MM-DD`.
     Date,
+    /// An instant, given as RFC 3339 or as a naive `YYYY-MM-DDTHH:MM:SS[.f]` (read as
+    /// UTC, as clients without a zone send it); stored as RFC 3339 UTC text, `Z`.
+    DateTime,
     /// A string → string map (Stripe-compatible metadata limits).
     Metadata,
     /// The hub id of a live record of another entity.
@@ -59,6 +62,7 @@ impl FieldType {
             FieldType::Currency => json!({"type": "string", "pattern": "^[a-zA-Z]{3}$"}),
             FieldType::Enum(values) => json!({"type": "string", "enum": values}),
             FieldType::Date => json!({"type": "string", "format": "date"}),
+            FieldType::DateTime => json!({"type": "string", "format": "date-time"}),
             FieldType::Metadata => json!({
                 "type": "object", "maxProperties": METADATA_MAX_KEYS,
                 "additionalProperties": {"type": "string", "maxLength": METADATA_MAX_VALUE}
@@ -97,6 +101,9 @@ pub struct Entity {
     /// Prefix of hub ids; deliberately unlike any external system's prefixes.
     pub id_prefix: &'static str,
     pub fields: &'static [FieldDef],
+    /// A text field that identifies a record outside the hub (a barcode, a SKU), unique
+    /// among live records. Sync clients may address a record by it instead of its id.
+    pub natural_key: Option<&'static str>,
 }
 
 /// Entities are static singletons: two are equal when they are the same one.
@@ -110,6 +117,7 @@ pub static CUSTOMER: Entity = Entity {
     name: "customer",
     plural: "customers",
     id_prefix: "cust",
+    natural_key: None,
     fields: &[
         field("name", FieldType::Text { max: 256 }, true),
         field("email", FieldType::Email, false),
@@ -123,6 +131,7 @@ pub static INVOICE: Entity = Entity {
     name: "invoice",
     plural: "invoices",
     id_prefix: "invc",
+    natural_key: None,
     fields: &[
         field("customer_id", FieldType::Reference("customer"), true),
         field("amount", FieldType::Integer { min: 0 }, true),
@@ -133,8 +142,19 @@ pub static INVOICE: Entity = Entity {
     ],
 };
 
+/// A stock reading from a shop's client app (the `001` seed's `StockReading`): which
+/// product (`gtin`, unique) expires when. The seed's client-supplied `updated_at` is
+/// not a field: it is the record's sync clock (see `clock`), kept by the hub.
+pub static STOCK_READING: Entity = Entity {
+    name: "stock_reading",
+    plural: "stock_readings",
+    id_prefix: "strd",
+    natural_key: Some("gtin"),
+    fields: &[field("gtin", FieldType::Text { max: 64 }, true), field("expiration_date", FieldType::DateTime, true)],
+};
+
 /// Every entity the hub knows, in dependency order (referenced entities first).
-pub static ENTITIES: &[&Entity] = &[&CUSTOMER, &INVOICE];
+pub static ENTITIES: &[&Entity] = &[&CUSTOMER, &INVOICE, &STOCK_READING];
 
 /// Fields every record carries that clients may read but never write.
 pub const SYSTEM_FIELDS: &[&str] = &["id", "object", "version", "created_at", "updated_at", "deleted_at"];
@@ -323,6 +343,12 @@ fn normalise(def: &FieldDef, value: &Value) -> Result<Value, FieldError> {
             let s = value.as_str().ok_or_else(|| err("must be a string"))?;
             chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| err("must be a date as YYYY-MM-DD"))?;
             Ok(Value::String(s.to_string()))
+        }
+        FieldType::DateTime => {
+            let s = value.as_str().ok_or_else(|| err("must be a string"))?;
+            let at = crate::clock::parse_datetime(s)
+                .ok_or_else(|| err("must be a date-time such as 2022-05-01T01:11:00Z"))?;
+            Ok(Value::String(crate::clock::display_datetime(at)))
         }
         FieldType::Metadata => {
             let map = value.as_object().ok_or_else(|| err("must be an object of string values"))?;

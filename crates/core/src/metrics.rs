@@ -27,6 +27,17 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ("syncflow_queue_depth", Kind::Gauge, "Unfinished deliveries (pending, retrying, in flight), by system."),
     ("syncflow_queue_dead", Kind::Gauge, "Dead deliveries awaiting replay, by system."),
     ("syncflow_queue_oldest_age_seconds", Kind::Gauge, "Age of the oldest unfinished delivery, by system."),
+    (
+        "syncflow_sync_items_total",
+        Kind::Counter,
+        "Client sync items applied, by entity and outcome (created, updated, deleted, unchanged, conflict).",
+    ),
+    (
+        "syncflow_sync_conflicts_total",
+        Kind::Counter,
+        "Client sync conflicts, by entity, policy and winner (client or hub).",
+    ),
+    ("syncflow_stream_clients", Kind::Gauge, "Open server-sent-event change streams."),
 ];
 
 /// Upper bounds (seconds) of histogram buckets.
