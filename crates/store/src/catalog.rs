@@ -35,14 +35,14 @@ const BOOKKEEPING: [(&str, Col); 4] = [
     ("deleted_at", Col::Timestamp),
 ];
 
-fn select_list(entity: &Entity, d: Dialect) -> String {
+pub(crate) fn select_list(entity: &Entity, d: Dialect) -> String {
     let mut cols = vec!["id".to_string()];
     cols.extend(BOOKKEEPING.iter().map(|(n, c)| d.select(n, *c)));
     cols.extend(entity.fields.iter().map(|f| d.select(f.name, Col::Field(f.ty.storage()))));
     cols.join(", ")
 }
 
-fn insert_sql(entity: &Entity, d: Dialect) -> String {
+pub(crate) fn insert_sql(entity: &Entity, d: Dialect) -> String {
     let mut names = vec!["id"];
     let mut params = vec![d.param(1, Col::Field(Storage::Text))];
     for (i, (n, c)) in BOOKKEEPING.iter().enumerate() {
@@ -58,7 +58,7 @@ fn insert_sql(entity: &Entity, d: Dialect) -> String {
 
 /// `UPDATE … SET <bookkeeping>, <fields> WHERE id = $1`: binds in the same order as
 /// `insert_sql`, so one binding routine serves both.
-fn update_sql(entity: &Entity, d: Dialect) -> String {
+pub(crate) fn update_sql(entity: &Entity, d: Dialect) -> String {
     let mut sets = Vec::new();
     for (i, (n, c)) in BOOKKEEPING.iter().enumerate() {
         sets.push(format!("{n} = {}", d.param(i + 2, *c)));
@@ -69,7 +69,7 @@ fn update_sql(entity: &Entity, d: Dialect) -> String {
     format!("UPDATE {} SET {} WHERE id = $1", entity.plural, sets.join(", "))
 }
 
-fn select_one_sql(entity: &Entity, d: Dialect, for_update: bool) -> String {
+pub(crate) fn select_one_sql(entity: &Entity, d: Dialect, for_update: bool) -> String {
     let lock = if for_update && d == Dialect::Postgres { " FOR UPDATE" } else { "" };
     format!("SELECT {} FROM {} WHERE id = $1{lock}", select_list(entity, d), entity.plural)
 }
@@ -161,6 +161,51 @@ macro_rules! check_references {
     }};
 }
 
+/// Id of the live record other than `$exclude` whose natural key is `$value`. (The
+/// partial unique index is the final guard; asking first gives a per-field message.)
+macro_rules! natural_key_owner {
+    ($tx:expr, $entity:expr, $key:expr, $value:expr, $exclude:expr) => {{
+        let sql = format!("SELECT id FROM {} WHERE {} = $1 AND deleted_at IS NULL AND id <> $2", $entity.plural, $key);
+        let owner: Option<String> = sqlx::query_scalar(&sql)
+            .bind($value.to_string())
+            .bind($exclude.to_string())
+            .fetch_optional(&mut *$tx)
+            .await?;
+        owner
+    }};
+}
+
+/// Fails when another live record already holds this record's natural key.
+macro_rules! check_natural_key {
+    ($tx:expr, $entity:expr, $fields:expr, $id:expr) => {{
+        if let Some(key) = $entity.natural_key {
+            if let Some(value) = $fields.get(key).and_then(Value::as_str) {
+                if let Some(other) = natural_key_owner!($tx, $entity, key, value, $id) {
+                    return Err(natural_key_taken($entity, &other));
+                }
+            }
+        }
+    }};
+}
+
+pub(crate) use {append_change, bind_record, mark_writer, natural_key_owner};
+
+/// The error for a natural key already held by live record `other`.
+pub(crate) fn natural_key_taken(entity: &Entity, other: &str) -> StoreError {
+    let key = entity.natural_key.unwrap_or("id");
+    StoreError::Invalid(vec![FieldError::new(key, format!("is already used by {} `{other}`", entity.name))])
+}
+
+/// Maps a unique-index violation (two writers racing for one natural key on
+/// PostgreSQL) to the same field error the pre-check gives; other errors pass.
+pub(crate) fn unique_to_invalid(entity: &Entity, e: sqlx::Error) -> StoreError {
+    let unique = e.as_database_error().is_some_and(|d| d.is_unique_violation());
+    match (unique, entity.natural_key) {
+        (true, Some(_)) => natural_key_taken(entity, "(concurrent write)"),
+        _ => StoreError::Database(e),
+    }
+}
+
 impl Store {
     /// Creates a record from a client body (validated here) and logs the change.
     pub async fn create(&self, entity: &'static Entity, body: &Map<String, Value>, origin: &str) -> Result<Record> {
@@ -179,8 +224,12 @@ impl Store {
             let mut tx = pool.begin().await?;
             mark_writer!(tx, d);
             check_references!(tx, d, entity, &record.fields, None);
+            check_natural_key!(tx, entity, &record.fields, &record.id);
             let sql = insert_sql(entity, d);
-            bind_record!(sqlx::query(&sql), &record).execute(&mut *tx).await?;
+            bind_record!(sqlx::query(&sql), &record)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| unique_to_invalid(entity, e))?;
             append_change!(tx, d, &record, Op::Upsert, origin);
             tx.commit().await?;
         });
@@ -220,9 +269,13 @@ impl Store {
                 return Ok(current);
             }
             check_references!(tx, d, entity, &fields, Some(&current.fields));
+            check_natural_key!(tx, entity, &fields, &current.id);
             let record = Record { version: current.version + 1, updated_at: now_timestamp(), fields, ..current };
             let sql = update_sql(entity, d);
-            bind_record!(sqlx::query(&sql), &record).execute(&mut *tx).await?;
+            bind_record!(sqlx::query(&sql), &record)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| unique_to_invalid(entity, e))?;
             append_change!(tx, d, &record, Op::Upsert, origin);
             tx.commit().await?;
             record
@@ -324,7 +377,7 @@ impl Store {
 }
 
 /// Reads a row laid out by `select_list` into a `Record`.
-fn decode_record<'r, R>(entity: &'static Entity, row: &'r R) -> Result<Record>
+pub(crate) fn decode_record<'r, R>(entity: &'static Entity, row: &'r R) -> Result<Record>
 where
     R: Row,
     usize: ColumnIndex<R>,

@@ -13,6 +13,7 @@ mod changes;
 pub mod deliveries;
 mod dialect;
 mod migrate;
+mod sync;
 pub mod testing;
 
 use std::str::FromStr;
@@ -30,6 +31,10 @@ pub use deliveries::{
     now_ms, Claimed, Delivery, DeliveryFilter, Finish, Link, LinkUpdate, QueueStats, Route, Status as DeliveryStatus,
 };
 pub use dialect::Dialect;
+pub use sync::{
+    client_writer, ChangePage, ItemConflict, ItemError, ItemOutcome, ItemStatus, LosingSide, PullPage, PulledRecord,
+    SyncBatch, SyncItem, Winner,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -39,6 +44,13 @@ pub enum StoreError {
     VersionMismatch { current: i64 },
     #[error("invalid input")]
     Invalid(Vec<FieldError>),
+    /// A sync batch with invalid items; nothing of the batch was applied.
+    #[error("invalid sync batch")]
+    InvalidBatch(Vec<ItemError>),
+    /// A sync cursor past the end of the change log: it was issued by another
+    /// database (or this one was restored from an older backup).
+    #[error("cursor {cursor} is ahead of the change log (head {head})")]
+    CursorAhead { cursor: i64, head: i64 },
     #[error("unsupported database url `{0}`: use a file path, sqlite:PATH or postgres://…")]
     BadUrl(String),
     #[error("migration {version} failed: {source}")]
@@ -165,9 +177,17 @@ impl Store {
         Ok(())
     }
 
-    /// A receiver that changes whenever this process commits a change.
+    /// A receiver that changes whenever this process commits a change (and, with
+    /// the PostgreSQL listener running, whenever any node or SQL writer does).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.wake.subscribe()
+    }
+
+    /// How many receivers from `subscribe` are alive (open streams, long-polls and
+    /// other waiters), for status output and for tests that must act only once a
+    /// waiter is waiting.
+    pub fn waiters(&self) -> usize {
+        self.inner.wake.receiver_count()
     }
 
     pub fn metrics(&self) -> Arc<Registry> {

@@ -20,11 +20,13 @@ macro_rules! migrations {
 const SQLITE: &[Migration] = migrations!("sqlite":
     1 "catalog" "0001_catalog.sql",
     2 "delivery" "0002_delivery.sql",
+    3 "client_sync" "0003_client_sync.sql",
 );
 
 const POSTGRES: &[Migration] = migrations!("postgres":
     1 "catalog" "0001_catalog.sql",
     2 "delivery" "0002_delivery.sql",
+    3 "client_sync" "0003_client_sync.sql",
 );
 
 /// Arbitrary constant naming syncflow's migration lock.
