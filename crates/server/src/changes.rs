@@ -1,10 +1,18 @@
-//! `GET /v1/changes`: the change log, paged by sequence number.
+//! `GET /v1/changes`: the change log, paged by sequence number, optionally filtered
+//! by entity, with long-polling (`wait=30s`): when nothing is new the request is
+//! held until a change commits or the wait ends.
+//!
+//! Invariant kept here: `next_after` never passes a change the caller has not
+//! been given (or filtered out), so following it misses nothing.
+
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+use crate::auth::Principal;
 use crate::extract::QueryMap;
 use crate::{ApiError, AppState};
 
@@ -14,13 +22,82 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new().route("/v1/changes", get(list))
 }
 
-async fn list(State(state): State<AppState>, q: QueryMap) -> Result<Json<Value>, ApiError> {
-    if let Some((name, _)) = q.0.iter().find(|(k, _)| k != "after" && k != "limit") {
-        return Err(ApiError::BadRequest(format!("unknown query parameter `{name}`; use `after` and `limit`")));
+const PARAMS: &[&str] = &["after", "limit", "wait", "entity"];
+
+/// Parses `wait`: `30s`, `1500ms`, `1m` or bare seconds, at most `max`.
+pub(crate) fn parse_wait(text: Option<&str>, max: Duration) -> Result<Duration, ApiError> {
+    let Some(text) = text.map(str::trim) else {
+        return Ok(Duration::ZERO);
+    };
+    let (digits, unit_ms) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1000)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60_000)
+    } else {
+        (text, 1000)
+    };
+    match digits.trim().parse::<u64>() {
+        Ok(n) if Duration::from_millis(n.saturating_mul(unit_ms)) <= max => Ok(Duration::from_millis(n * unit_ms)),
+        _ => Err(ApiError::BadRequest(format!(
+            "`wait` must be a duration such as 30s or 500ms, at most {}s",
+            max.as_secs()
+        ))),
+    }
+}
+
+async fn list(State(state): State<AppState>, principal: Principal, q: QueryMap) -> Result<Json<Value>, ApiError> {
+    if let Some((name, _)) = q.0.iter().find(|(k, _)| !PARAMS.contains(&k.as_str())) {
+        return Err(ApiError::BadRequest(format!("unknown query parameter `{name}`; use {}", PARAMS.join(", "))));
     }
     let after = q.number("after", 0, 0, i64::MAX)?;
     let limit = q.number("limit", 100, 1, MAX_CHANGES)?;
-    let data = state.store.changes_after(after, limit as usize).await?;
-    let next_after = data.last().map_or(after, |c| c.seq);
-    Ok(Json(json!({"object": "list", "data": data, "next_after": next_after})))
+    let wait = parse_wait(q.get("wait"), state.live.max_wait)?;
+    // A full-access caller without a filter sees every row, whatever its entity;
+    // anyone else sees only the entities it names and may see.
+    let entities = match (&principal, q.get("entity")) {
+        (Principal::Operator, None) => None,
+        (p, requested) => Some(p.entity_filter(requested)?),
+    };
+    let deadline = Instant::now() + wait;
+    let mut wake = state.store.subscribe();
+    let mut shutdown = state.shutdown_receiver();
+    loop {
+        // Seen before reading, so a commit between the read and the wait wakes us.
+        wake.borrow_and_update();
+        let page = state.store.change_page(after, limit as usize, entities.as_deref()).await?;
+        let now = Instant::now();
+        if !page.changes.is_empty() || now >= deadline || *shutdown.borrow() {
+            return Ok(Json(json!({
+                "object": "list",
+                "data": page.changes,
+                "next_after": page.next_after,
+            })));
+        }
+        let nap = (deadline - now).min(state.live.fallback_poll);
+        tokio::select! {
+            _ = wake.changed() => {}
+            _ = shutdown.changed() => {}
+            _ = tokio::time::sleep(nap) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_parse() {
+        let max = Duration::from_secs(60);
+        assert_eq!(parse_wait(None, max).unwrap(), Duration::ZERO);
+        assert_eq!(parse_wait(Some("30s"), max).unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_wait(Some("30"), max).unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_wait(Some("250ms"), max).unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_wait(Some("1m"), max).unwrap(), Duration::from_secs(60));
+        for bad in ["61s", "2m", "soon", "-1s", ""] {
+            assert!(parse_wait(Some(bad), max).is_err(), "{bad}");
+        }
+    }
 }

@@ -5,9 +5,26 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::Serialize;
 use serde_json::json;
 use syncflow_core::FieldError;
 use syncflow_store::StoreError;
+
+/// A validation problem inside a list in the request body (a sync batch item):
+/// `field` is a path such as `changes[2].fields.email`, `index` the item's position.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ItemFieldError {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    pub field: String,
+    pub message: String,
+}
+
+impl ItemFieldError {
+    pub fn new(index: Option<usize>, field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { index, field: field.into(), message: message.into() }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -15,6 +32,10 @@ pub enum ApiError {
     BadRequest(String),
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    InvalidCursor(String),
     #[error("{0}")]
     NotFound(String),
     #[error("version mismatch: If-Match names version {expected}, the record is at version {current}")]
@@ -27,6 +48,8 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("validation failed")]
     Invalid(Vec<FieldError>),
+    #[error("validation failed; nothing was applied")]
+    InvalidItems(Vec<ItemFieldError>),
     #[error("service unavailable: {0}")]
     Unavailable(String),
     #[error("internal error")]
@@ -38,12 +61,14 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::InvalidCursor(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::VersionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Invalid(_) | ApiError::InvalidItems(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -54,12 +79,14 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::InvalidCursor(_) => "invalid_cursor",
             ApiError::NotFound(_) => "not_found",
             ApiError::VersionMismatch { .. } => "version_mismatch",
             ApiError::Conflict(_) => "conflict",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::PayloadTooLarge => "payload_too_large",
-            ApiError::Invalid(_) => "validation_failed",
+            ApiError::Invalid(_) | ApiError::InvalidItems(_) => "validation_failed",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -78,6 +105,7 @@ impl IntoResponse for ApiError {
         let mut body = json!({"error": {"code": self.code(), "message": self.to_string()}});
         match &self {
             ApiError::Invalid(fields) => body["error"]["fields"] = json!(fields),
+            ApiError::InvalidItems(fields) => body["error"]["fields"] = json!(fields),
             ApiError::VersionMismatch { current, .. } => body["error"]["current_version"] = json!(current),
             _ => {}
         }
@@ -103,10 +131,20 @@ pub fn from_store(e: StoreError, what: &str, id: &str, expected: Option<i64>) ->
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
+        let message = e.to_string();
         match e {
             StoreError::NotFound => ApiError::NotFound("not found".into()),
             StoreError::Invalid(fields) => ApiError::Invalid(fields),
             StoreError::VersionMismatch { current } => ApiError::VersionMismatch { expected: 0, current },
+            StoreError::InvalidBatch(items) => ApiError::InvalidItems(
+                items
+                    .into_iter()
+                    .map(|e| ItemFieldError::new(Some(e.index), format!("[{}].{}", e.index, e.field), e.message))
+                    .collect(),
+            ),
+            StoreError::CursorAhead { .. } => ApiError::InvalidCursor(format!(
+                "{message}: it was issued by another hub or before a restore; sync again without a cursor"
+            )),
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -12,9 +12,12 @@ pub mod error;
 mod extract;
 mod openapi;
 mod ops;
+mod seed;
+mod stream;
+mod sync;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
@@ -24,9 +27,32 @@ use axum::Router;
 use syncflow_core::metrics::Registry;
 use syncflow_engine::SystemConfig;
 use syncflow_store::Store;
+use tokio::sync::watch;
 
-pub use auth::ApiTokens;
-pub use error::ApiError;
+pub use auth::{ApiTokens, ClientConfigError, ClientSpec, Clients, Principal};
+pub use error::{ApiError, ItemFieldError};
+pub use sync::{decode_cursor, encode_cursor};
+
+/// Timing of the live endpoints (`/v1/stream`, long-polls on `/v1/changes`).
+#[derive(Debug, Clone, Copy)]
+pub struct LiveSettings {
+    /// Comment sent on an idle event stream, so proxies and clients keep it open.
+    pub keep_alive: Duration,
+    /// Waiters re-read the change log at least this often even without a wake-up.
+    pub fallback_poll: Duration,
+    /// Longest `wait` a long-poll may ask for.
+    pub max_wait: Duration,
+}
+
+impl Default for LiveSettings {
+    fn default() -> Self {
+        Self {
+            keep_alive: Duration::from_secs(15),
+            fallback_poll: Duration::from_secs(5),
+            max_wait: Duration::from_secs(60),
+        }
+    }
+}
 
 /// Everything a request handler can reach.
 #[derive(Clone)]
@@ -36,11 +62,25 @@ pub struct AppState {
     pub tokens: ApiTokens,
     /// The configured external systems (empty when none are).
     pub systems: Arc<Vec<SystemConfig>>,
+    /// Sync clients and their entity grants (`[[clients]]`).
+    pub clients: Clients,
+    pub live: LiveSettings,
+    /// Flipped to `true` when the server starts shutting down, so event streams and
+    /// long-polls end instead of holding graceful shutdown open.
+    shutdown: Arc<watch::Sender<bool>>,
 }
 
 impl AppState {
     pub fn new(store: Store, tokens: ApiTokens) -> Self {
-        Self { metrics: store.metrics(), store, tokens, systems: Arc::default() }
+        Self {
+            metrics: store.metrics(),
+            store,
+            tokens,
+            systems: Arc::default(),
+            clients: Clients::default(),
+            live: LiveSettings::default(),
+            shutdown: Arc::new(watch::channel(false).0),
+        }
     }
 
     pub fn with_systems(mut self, systems: Vec<SystemConfig>) -> Self {
@@ -54,6 +94,25 @@ impl AppState {
             .find(|s| s.name == name)
             .ok_or_else(|| ApiError::NotFound(format!("no system named `{name}`")))
     }
+
+    pub fn with_clients(mut self, clients: Clients) -> Self {
+        self.clients = clients;
+        self
+    }
+
+    pub fn with_live(mut self, live: LiveSettings) -> Self {
+        self.live = live;
+        self
+    }
+
+    /// Ends open event streams and long-polls (call when shutdown begins).
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    pub(crate) fn shutdown_receiver(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
 }
 
 /// The whole HTTP surface. `/v1/*` requires a bearer token when tokens are
@@ -66,6 +125,9 @@ pub fn router(state: AppState) -> Router {
     let api = api
         .merge(changes::routes())
         .merge(deliveries::routes())
+        .merge(sync::routes())
+        .merge(seed::routes())
+        .merge(stream::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
 
     Router::new()

@@ -7,6 +7,7 @@ use syncflow_core::{Entity, ENTITIES};
 
 use crate::catalog::{filterable, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::changes::MAX_CHANGES;
+use crate::sync::{DEFAULT_PULL, MAX_BATCH, MAX_PULL};
 
 pub(crate) async fn document() -> Json<Value> {
     Json(build())
@@ -30,15 +31,17 @@ pub fn build() -> Value {
     schemas.insert(
         "Error".into(),
         json!({"type": "object", "required": ["error"], "properties": {"error": {
-        "type": "object", "required": ["code", "message"],
-        "properties": {
-            "code": {"type": "string", "enum": ["bad_request", "unauthorized", "not_found", "version_mismatch",
-                "conflict", "unsupported_media_type", "payload_too_large", "validation_failed", "unavailable", "internal"]},
-            "message": {"type": "string"},
-            "fields": {"type": "array", "items": {"type": "object", "properties": {
-                "field": {"type": "string"}, "message": {"type": "string"}}}},
-            "current_version": {"type": "integer"}
-        }}}}),
+            "type": "object", "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "string", "enum": ["bad_request", "unauthorized", "forbidden", "invalid_cursor", "not_found", "version_mismatch", "conflict",
+                    "unsupported_media_type", "payload_too_large", "validation_failed", "unavailable", "internal"]},
+                "message": {"type": "string"},
+                "fields": {"type": "array", "items": {"type": "object", "properties": {
+                    "field": {"type": "string", "description": "field name, or a path such as changes[2].fields.email"},
+                    "message": {"type": "string"},
+                    "index": {"type": "integer", "description": "position of the bad item in a batch"}}}},
+                "current_version": {"type": "integer"}
+            }}}}),
     );
     schemas.insert(
         "Change".into(),
@@ -100,15 +103,101 @@ pub fn build() -> Value {
             }),
         );
     }
+    let entity_names: Vec<&str> = ENTITIES.iter().map(|e| e.name).collect();
+    let entity_filter = json!({"name": "entity", "in": "query",
+        "description": "comma-separated entity names; default: every entity the token may see",
+        "schema": {"type": "string"}, "example": entity_names.join(",")});
     paths.insert(
         "/v1/changes".into(),
-        json!({"get": {"tags": ["changes"], "summary": "Read the change log in order",
+        json!({"get": {"tags": ["changes"], "summary": "Read the change log in order (long-poll with wait)",
             "parameters": [
                 {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
-                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_CHANGES, "default": 100}}],
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_CHANGES, "default": 100}},
+                {"name": "wait", "in": "query", "description": "hold the request until a change arrives or this long passes: 30s, 500ms, 1m (at most 60s)",
+                    "schema": {"type": "string"}},
+                entity_filter.clone()],
             "responses": {"200": ok("changes with seq > after", json!({"type": "object", "properties": {
                 "data": {"type": "array", "items": {"$ref": "#/components/schemas/Change"}},
-                "next_after": {"type": "integer"}}}))}}}),
+                "next_after": {"type": "integer", "description": "pass as `after` next time"}}})),
+                "400": error_response("bad parameter, or `after` beyond the log (invalid_cursor)"),
+                "403": error_response("entity not allowed for this client")}}}),
+    );
+    paths.insert(
+        "/v1/stream".into(),
+        json!({"get": {"tags": ["changes"], "summary": "Server-sent events: one `change` event per change, id = change seq",
+            "parameters": [
+                {"name": "Last-Event-ID", "in": "header", "description": "resume after this change seq (sent by EventSource on reconnect)", "schema": {"type": "string"}},
+                {"name": "after", "in": "query", "description": "start after this seq; default: the head (new changes only)", "schema": {"type": "integer", "minimum": 0}},
+                entity_filter],
+            "responses": {"200": {"description": "text/event-stream; data is a Change; idle streams get `: keep-alive` comments",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                "400": error_response("bad parameter, or a position beyond the log"),
+                "403": error_response("entity not allowed for this client")}}}),
+    );
+    schemas.insert("SyncChange".into(), json!({"type": "object", "required": ["entity"],
+        "additionalProperties": false, "properties": {
+            "entity": {"type": "string", "enum": entity_names},
+            "op": {"type": "string", "enum": ["upsert", "delete"], "default": "upsert"},
+            "id": {"type": "string", "description": "hub id of an existing record"},
+            "client_ref": {"type": "string", "maxLength": 128, "description": "the client's own id for a record it created; mapped to a hub id per client"},
+            "fields": {"type": "object", "description": "upsert: merge patch (whole record on create); absent on delete"},
+            "updated_at": {"type": "string", "format": "date-time", "description": "when the client made the edit (last-writer-wins clock); default: now"},
+            "base_version": {"type": "integer", "minimum": 0, "description": "hub version the edit was based on; 0 or absent: a new record"}}}));
+    schemas.insert(
+        "SyncResult".into(),
+        json!({"type": "object", "properties": {
+        "index": {"type": "integer"}, "entity": {"type": "string"},
+        "status": {"type": "string", "enum": ["created", "updated", "deleted", "unchanged", "conflict"]},
+        "id": {"type": ["string", "null"]}, "client_ref": {"type": "string"}, "version": {"type": ["integer", "null"]},
+        "updated_at": {"type": ["string", "null"]}, "writer": {"type": ["string", "null"]},
+        "record": {"type": ["object", "null"], "description": "the record as the hub now has it"},
+        "conflict": {"type": "object", "properties": {
+            "policy": {"type": "string", "enum": ["last_writer_wins", "reject_stale"]},
+            "winner": {"type": "string", "enum": ["client", "hub"]},
+            "reason": {"type": "string", "enum": ["older_edit", "stale_base_version", "deleted"]},
+            "losing": {"type": "object", "description": "the value that lost, to show the user",
+                "properties": {"op": {"type": "string"}, "updated_at": {"type": "string"}, "writer": {"type": "string"},
+                    "version": {"type": ["integer", "null"]}, "value": {}}}}}}}),
+    );
+    paths.insert(
+        "/v1/sync".into(),
+        json!({"post": {"tags": ["sync"], "summary": "Push a batch of client edits (atomically) and pull what the client lacks",
+            "parameters": [{"name": "Syncflow-Client", "in": "header", "description": "client id, for full-access tokens only (client tokens carry their id)", "schema": {"type": "string"}}],
+            "requestBody": json_body(json!({"type": "object", "additionalProperties": false, "properties": {
+                "cursor": {"type": ["string", "null"], "description": "opaque; from the previous response; absent on first sync"},
+                "changes": {"type": "array", "maxItems": MAX_BATCH, "items": {"$ref": "#/components/schemas/SyncChange"}},
+                "conflict_policy": {"type": "string", "enum": ["last_writer_wins", "reject_stale"]},
+                "limit": {"type": "integer", "minimum": 1, "maximum": MAX_PULL, "default": DEFAULT_PULL}}})),
+            "responses": {"200": ok("results of the push, then what the client lacks", json!({"type": "object", "properties": {
+                    "cursor": {"type": "string"}, "has_more": {"type": "boolean"},
+                    "results": {"type": "array", "items": {"$ref": "#/components/schemas/SyncResult"}},
+                    "changes": {"type": "array", "items": {"type": "object", "properties": {
+                        "entity": {"type": "string"}, "id": {"type": "string"}, "op": {"type": "string", "enum": ["upsert", "delete"]},
+                        "version": {"type": "integer"}, "updated_at": {"type": "string"}, "writer": {"type": "string"},
+                        "record": {"type": "object", "description": "current state; a tombstone (deleted_at set) for a delete"}}}}}})),
+                "400": error_response("malformed JSON or invalid cursor"),
+                "401": error_response("missing token"),
+                "403": error_response("entity not allowed for this client; nothing applied"),
+                "422": error_response("invalid items, listed with their index; nothing applied")}}}),
+    );
+    let reading = json!({"type": "object", "properties": {
+        "gtin": {"type": "string"}, "updated_at": {"type": "string", "format": "date-time"},
+        "expiration_date": {"type": "string", "format": "date-time"}}});
+    paths.insert(
+        "/v1/sync/".into(),
+        json!({"post": {"tags": ["sync"], "summary": "The 001 seed's sync protocol (stock readings), kept for its clients",
+            "requestBody": json_body(json!({"type": "object", "required": ["last_sync_date"], "properties": {
+                "last_sync_date": {"type": "string", "format": "date-time"},
+                "newly_created_records": {"type": "array", "items": reading.clone()}}})),
+            "responses": {"200": ok("readings the client lacks", json!({"type": "object", "properties": {
+                    "data": {"type": "array", "items": reading.clone()}}})),
+                "422": error_response("invalid records; nothing applied")}}}),
+    );
+    paths.insert(
+        "/v1/readings/".into(),
+        json!({"get": {"tags": ["sync"], "summary": "All stock readings in the seed's shape, newest first",
+            "responses": {"200": ok("readings", json!({"type": "object", "properties": {
+                "data": {"type": "array", "items": reading}}}))}}}),
     );
     for (path, summary) in
         [("/healthz", "Liveness"), ("/readyz", "Readiness: the database answers"), ("/metrics", "Prometheus metrics")]
