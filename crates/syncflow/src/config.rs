@@ -17,6 +17,50 @@ pub struct Config {
     /// connector (the rest).
     #[serde(default)]
     pub systems: Vec<toml::Table>,
+    /// Sync clients (`[[clients]]`): each with its own token and entity grants.
+    #[serde(default)]
+    pub clients: Vec<ClientConfig>,
+}
+
+/// One `[[clients]]` block: a sync client app (a device, a shop's till).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Names the client in change origins (`client:<id>`); 1–64 of `A-Za-z0-9._-`.
+    pub id: String,
+    /// Its bearer token; the client id comes from it.
+    pub token: Option<String>,
+    /// Entities it may sync and stream; all when absent.
+    pub entities: Option<Vec<String>>,
+    /// `last_writer_wins` (default) or `reject_stale`, when a request names none.
+    pub conflict_policy: Option<String>,
+    /// Requests with no token act as this client (for clients that cannot send one).
+    #[serde(default)]
+    pub anonymous: bool,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("id", &self.id)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("entities", &self.entities)
+            .field("conflict_policy", &self.conflict_policy)
+            .field("anonymous", &self.anonymous)
+            .finish()
+    }
+}
+
+impl ClientConfig {
+    pub fn to_spec(&self) -> syncflow_server::ClientSpec {
+        syncflow_server::ClientSpec {
+            id: self.id.clone(),
+            token: self.token.clone(),
+            entities: self.entities.clone(),
+            conflict_policy: self.conflict_policy.clone(),
+            anonymous: self.anonymous,
+        }
+    }
 }
 
 #[derive(Default, Deserialize)]
@@ -122,6 +166,24 @@ log_format = "text"
 # lease = "60s"                   # a crashed worker's delivery is retried after this
 # callback_url = "https://crm.example.com/syncflow-status"  # outcomes of changes from crm
 # callback_secret = "${CRM_CALLBACK_SECRET}"
+#
+# Sync clients (POST /v1/sync, GET /v1/stream): one block per app or device, each
+# with its own token; the client id comes from the token. `entities` limits what
+# it may sync and stream (all when absent); `conflict_policy` is the default for
+# its requests: "last_writer_wins" (by the client's updated_at) or "reject_stale"
+# (by base_version). See docs/client-sync.md.
+# [[clients]]
+# id = "shop-till-1"
+# token = "${SHOP_TILL_1_TOKEN}"
+# entities = ["stock_reading"]
+# conflict_policy = "last_writer_wins"
+#
+# Clients that cannot send a token (such as the 001 seed's) may be let in as one
+# named client, limited to its entities:
+# [[clients]]
+# id = "seed-shop"
+# anonymous = true
+# entities = ["stock_reading"]
 "#;
 
 #[cfg(test)]
@@ -146,6 +208,19 @@ mod tests {
         assert_eq!(c.server.api_tokens, vec!["one", "x-two-y"]);
         let err = Config::parse(text, |_| None).unwrap_err();
         assert!(err.to_string().contains("T1"), "{err}");
+    }
+
+    #[test]
+    fn clients_parse_and_hide_tokens() {
+        let text = "[[clients]]\nid = \"till-1\"\ntoken = \"${TILL}\"\nentities = [\"stock_reading\"]\n\
+                    conflict_policy = \"reject_stale\"\n\n[[clients]]\nid = \"seed\"\nanonymous = true\n";
+        let c = Config::parse(text, |k| (k == "TILL").then(|| "till-secret".to_string())).unwrap();
+        assert_eq!(c.clients.len(), 2);
+        assert_eq!(c.clients[0].token.as_deref(), Some("till-secret"));
+        assert_eq!(c.clients[0].entities.as_deref(), Some(&["stock_reading".to_string()][..]));
+        assert!(c.clients[1].anonymous && c.clients[1].token.is_none());
+        assert!(!format!("{c:?}").contains("till-secret"));
+        assert!(Config::parse("[[clients]]\nid = \"x\"\ntoken = \"t\"\nscopes = []\n", |_| None).is_err());
     }
 
     #[test]

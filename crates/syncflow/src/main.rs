@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use syncflow_engine::{Engine, SystemConfig};
-use syncflow_server::{router, ApiTokens, AppState};
+use syncflow_server::{router, ApiTokens, AppState, Clients};
 use syncflow_store::Store;
 
 use crate::config::Config;
@@ -175,7 +175,9 @@ async fn serve(args: ServeArgs, config: Config, ready: Option<tokio::sync::onesh
         Some(list) => ApiTokens::parse(&list),
         None => ApiTokens::parse(&config.server.api_tokens.join(",")),
     };
-    if !addr.ip().is_loopback() && tokens.is_empty() && !args.insecure_no_auth {
+    let clients =
+        Clients::new(config.clients.iter().map(|c| c.to_spec()).collect(), &tokens).context("in [[clients]]")?;
+    if !addr.ip().is_loopback() && tokens.is_empty() && !clients.has_tokens() && !args.insecure_no_auth {
         bail!(
             "refusing to listen on {addr} without API tokens: set SYNCFLOW_API_TOKENS \
              (or api_tokens in the config), or pass --insecure-no-auth"
@@ -192,10 +194,12 @@ async fn serve(args: ServeArgs, config: Config, ready: Option<tokio::sync::onesh
     let engine = Arc::new(Engine::new(store.clone(), systems.clone()).context("in [[systems]]")?);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     let bound = listener.local_addr()?;
+    let auth = if tokens.is_empty() && !clients.has_tokens() { "off" } else { "bearer" };
     tracing::info!(
         listen = %bound,
         database = store.backend_name(),
-        auth = if tokens.is_empty() { "off" } else { "bearer" },
+        auth,
+        sync_clients = config.clients.len(),
         "syncflow serving"
     );
     for s in &systems {
@@ -204,11 +208,19 @@ async fn serve(args: ServeArgs, config: Config, ready: Option<tokio::sync::onesh
     let notify_task = store.spawn_listener();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut engine_tasks = engine.spawn(stopped);
-    let app = router(AppState::new(store.clone(), tokens).with_systems(systems));
+    let state = AppState::new(store.clone(), tokens).with_systems(systems).with_clients(clients);
+    let app = router(state.clone());
     if let Some(ready) = ready {
         let _ = ready.send(bound);
     }
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // Event streams and long-polls never end by themselves: close them so
+            // draining ends.
+            state.begin_shutdown();
+        })
+        .await?;
     tracing::info!("in-flight requests finished; stopping delivery workers");
     let _ = stop.send(true);
     while engine_tasks.join_next().await.is_some() {}
