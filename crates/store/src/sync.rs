@@ -305,6 +305,16 @@ impl Store {
                 if target.is_none() && item.op == Op::Upsert {
                     if let Some(key) = entity.natural_key {
                         if let Some(value) = item.fields.get(key).and_then(Value::as_str) {
+                            if d == Dialect::Postgres {
+                                // A row that does not exist yet cannot be locked, so
+                                // batches creating the same key take turns on a lock
+                                // named after it; the second then finds (and updates)
+                                // the first one's record instead of racing it.
+                                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                                    .bind(format!("syncflow:natural-key:{}:{value}", entity.name))
+                                    .execute(&mut *tx)
+                                    .await?;
+                            }
                             target = natural_key_owner!(tx, entity, key, value, "");
                         }
                     }
