@@ -28,6 +28,8 @@ pub const ALL: &[Scenario] = &[
     Scenario { name: "stripe-at-rate-limit", run: |e, q| Box::pin(crate::stripe_scenarios::rate_limit(e, q)) },
     Scenario { name: "webhook-ingest", run: |e, q| Box::pin(crate::stripe_scenarios::webhook_ingest(e, q)) },
     Scenario { name: "inward-fan-out", run: |e, q| Box::pin(crate::stripe_scenarios::inward_fanout(e, q)) },
+    Scenario { name: "client-sync-throughput", run: |e, q| Box::pin(client_sync_throughput(e, q)) },
+    Scenario { name: "commit-to-sse-latency", run: |e, q| Box::pin(sse_latency(e, q)) },
 ];
 
 fn http_system(name: &str, receiver: &Receiver, extra: &str) -> String {
@@ -175,5 +177,131 @@ async fn backlog_memory(env: Env, quick: bool) -> Result<Row> {
         met: Some(peak_all * 1.048_576 <= 150.0),
         data: json!({"changes": n, "peak_rss_drain_mib": peak_drain, "peak_rss_lifetime_mib": peak_all,
                      "peak_rss_before_drain_mib": peak_before, "drain_seconds": drain.as_secs_f64()}),
+    })
+}
+
+/// Client writes per second through `POST /v1/sync`: 8 clients each push batches of
+/// 100 new stock readings (and pull what the others wrote) until `n` are in.
+async fn client_sync_throughput(env: Env, quick: bool) -> Result<Row> {
+    const CLIENTS: usize = 8;
+    const BATCH: usize = 100;
+    let n = if quick { 5_000 } else { 40_000 };
+    let hub = env.start("")?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..CLIENTS {
+        let next = next.clone();
+        let client = hub.client.clone();
+        let url = hub.url("/v1/sync");
+        tasks.spawn(async move {
+            let mut cursor: Option<String> = None;
+            let mut latencies = Vec::new();
+            let mut pulled = 0usize;
+            loop {
+                let first = next.fetch_add(BATCH, Ordering::Relaxed);
+                if first >= n {
+                    return Ok::<_, anyhow::Error>((latencies, pulled));
+                }
+                let changes: Vec<_> = (first..(first + BATCH).min(n))
+                    .map(|i| {
+                        json!({"entity": "stock_reading", "client_ref": format!("r{i}"),
+                               "fields": {"gtin": format!("{i:013}"), "expiration_date": "2030-01-01T00:00:00Z"}})
+                    })
+                    .collect();
+                let t = Instant::now();
+                let r = client
+                    .post(&url)
+                    .header("Syncflow-Client", format!("bench-{c}"))
+                    .json(&json!({"cursor": cursor, "changes": changes}))
+                    .send()
+                    .await?;
+                if !r.status().is_success() {
+                    bail!("sync failed: {}", r.status());
+                }
+                let body: serde_json::Value = r.json().await?;
+                latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                pulled += body["changes"].as_array().map_or(0, Vec::len);
+                cursor = body["cursor"].as_str().map(str::to_string);
+            }
+        });
+    }
+    let mut lat = Vec::new();
+    let mut pulled = 0;
+    while let Some(r) = tasks.join_next().await {
+        let (l, p) = r??;
+        lat.extend(l);
+        pulled += p;
+    }
+    let total = started.elapsed();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let (p50, p99) = (percentile(&lat, 50.0), percentile(&lat, 99.0));
+    let rate = n as f64 / total.as_secs_f64();
+    Ok(Row {
+        scenario: "client-sync-throughput",
+        backend: String::new(),
+        result: format!(
+            "{rate:.0} client writes/s ({CLIENTS} clients, batches of {BATCH}; per batch p50 {p50:.1} ms, p99 {p99:.1} ms; {n} writes)"
+        ),
+        goal: "—",
+        met: None,
+        data: json!({"writes": n, "clients": CLIENTS, "batch": BATCH, "writes_per_s": rate, "seconds": total.as_secs_f64(),
+                     "batch_p50_ms": p50, "batch_p99_ms": p99, "records_pulled": pulled}),
+    })
+}
+
+/// Commit-to-event latency of `GET /v1/stream` at a steady 200 changes/s: the time
+/// from a change's commit stamp to its event arriving at a connected client.
+async fn sse_latency(env: Env, quick: bool) -> Result<Row> {
+    let seconds = if quick { 5 } else { 20 };
+    let n = 200 * seconds;
+    let hub = env.start("")?;
+    let mut stream = hub.client.get(hub.url("/v1/stream?after=0")).send().await?;
+    if !stream.status().is_success() {
+        bail!("stream failed: {}", stream.status());
+    }
+    let reader = tokio::spawn(async move {
+        let mut buf = String::new();
+        let mut lat = Vec::with_capacity(n);
+        while lat.len() < n {
+            let Some(chunk) = tokio::time::timeout(Duration::from_secs(60), stream.chunk()).await?? else {
+                bail!("stream ended after {} events", lat.len());
+            };
+            let arrived = chrono::Utc::now();
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(pos) = buf.find("\n\n") {
+                let block: String = buf.drain(..pos + 2).collect();
+                let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) else { continue };
+                let change: serde_json::Value = serde_json::from_str(data)?;
+                let created = chrono::DateTime::parse_from_rfc3339(change["created_at"].as_str().unwrap_or_default())?;
+                lat.push(
+                    (arrived - created.with_timezone(&chrono::Utc)).num_microseconds().unwrap_or(0) as f64 / 1000.0,
+                );
+            }
+        }
+        Ok::<_, anyhow::Error>(lat)
+    });
+    let mut ticker = tokio::time::interval(Duration::from_millis(5));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        ticker.tick().await;
+        let client = hub.client.clone();
+        let url = hub.url("/v1/customers");
+        tasks.spawn(async move { client.post(&url).json(&json!({"name": format!("S{i}")})).send().await.map(|_| ()) });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    let mut lat = reader.await??;
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let (p50, p99, max) = (percentile(&lat, 50.0), percentile(&lat, 99.0), lat.last().copied().unwrap_or(f64::NAN));
+    Ok(Row {
+        scenario: "commit-to-sse-latency",
+        backend: String::new(),
+        result: format!("p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms at 200/s ({n} changes)"),
+        goal: "—",
+        met: None,
+        data: json!({"changes": n, "rate_per_s": 200, "p50_ms": p50, "p99_ms": p99, "max_ms": max}),
     })
 }
