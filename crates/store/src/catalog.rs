@@ -188,7 +188,7 @@ macro_rules! check_natural_key {
     }};
 }
 
-pub(crate) use {append_change, bind_record, mark_writer, natural_key_owner};
+pub(crate) use {bind_record, mark_writer, natural_key_owner};
 
 /// The error for a natural key already held by live record `other`.
 pub(crate) fn natural_key_taken(entity: &Entity, other: &str) -> StoreError {

@@ -17,8 +17,8 @@ use syncflow_core::{id::new_id, now_timestamp, Change, Entity, Op, Record};
 use syncflow_core::Storage;
 
 use crate::catalog::{
-    append_change, bind_record, change_insert_sql, decode_record, insert_sql, mark_writer, natural_key_owner,
-    select_list, select_one_sql, update_sql,
+    bind_record, change_insert_sql, decode_record, insert_sql, mark_writer, natural_key_owner, select_list,
+    select_one_sql, update_sql,
 };
 use crate::changes::{change_columns, decode_change};
 use crate::dialect::{Col, Dialect};
@@ -230,6 +230,24 @@ macro_rules! save_clock {
     }};
 }
 
+/// Appends the change row for `$record`. Unlike the catalog's `append_change!` it
+/// does not notify per change: a batch notifies once, before it commits.
+macro_rules! append_change_quiet {
+    ($tx:expr, $d:expr, $record:expr, $op:expr, $origin:expr) => {{
+        let r: &Record = $record;
+        sqlx::query(&change_insert_sql($d))
+            .bind(r.entity.name)
+            .bind(r.id.clone())
+            .bind($op.as_str())
+            .bind(r.version)
+            .bind($origin.to_string())
+            .bind(r.to_json().to_string())
+            .bind(r.updated_at.clone())
+            .execute(&mut *$tx)
+            .await?;
+    }};
+}
+
 /// Maps the item's `client_ref` (if any) to `$record_id` for this client.
 macro_rules! save_ref {
     ($tx:expr, $d:expr, $batch:expr, $item:expr, $record_id:expr) => {{
@@ -276,9 +294,35 @@ impl Store {
         let mut outcomes: Vec<ItemOutcome> = Vec::with_capacity(batch.items.len());
         let mut errors: Vec<ItemError> = Vec::new();
         let mut written: Vec<&'static str> = Vec::new();
+        // The client's refs named by this batch, fetched in one query per entity and
+        // kept up to date as the batch binds new ones.
+        let mut wanted: HashMap<&'static str, Vec<String>> = HashMap::new();
+        for item in &batch.items {
+            if let Some(r) = &item.client_ref {
+                wanted.entry(item.entity.name).or_default().push(r.clone());
+            }
+        }
+        let mut refs: HashMap<(&'static str, String), String> = HashMap::new();
         on_write!(self, |pool, d| {
             let mut tx = pool.begin().await?;
             mark_writer!(tx, d);
+            for (entity_name, list) in &wanted {
+                for chunk in list.chunks(IN_CHUNK) {
+                    let sql = format!(
+                        "SELECT client_ref, record_id FROM client_refs \
+                         WHERE client_id = $1 AND entity = $2 AND client_ref IN ({})",
+                        placeholders(3, chunk.len())
+                    );
+                    let mut q = sqlx::query_as(&sql).bind(batch.client_id.clone()).bind(*entity_name);
+                    for r in chunk {
+                        q = q.bind(r.clone());
+                    }
+                    let found: Vec<(String, String)> = q.fetch_all(&mut *tx).await?;
+                    for (r, id) in found {
+                        refs.insert((*entity_name, r), id);
+                    }
+                }
+            }
             for (index, item) in batch.items.iter().enumerate() {
                 let entity = item.entity;
                 let mut fail =
@@ -290,15 +334,7 @@ impl Store {
                 let mut bind_ref = false;
                 if target.is_none() {
                     if let Some(r) = &item.client_ref {
-                        target = sqlx::query_scalar(
-                            "SELECT record_id FROM client_refs \
-                             WHERE client_id = $1 AND entity = $2 AND client_ref = $3",
-                        )
-                        .bind(batch.client_id.clone())
-                        .bind(entity.name)
-                        .bind(r.clone())
-                        .fetch_optional(&mut *tx)
-                        .await?;
+                        target = refs.get(&(entity.name, r.clone())).cloned();
                         bind_ref = target.is_none();
                     }
                 }
@@ -346,15 +382,20 @@ impl Store {
                     if value.starts_with(&format!("{}_", target_entity.id_prefix)) {
                         continue;
                     }
-                    let mapped: Option<String> = sqlx::query_scalar(
-                        "SELECT record_id FROM client_refs \
-                         WHERE client_id = $1 AND entity = $2 AND client_ref = $3",
-                    )
-                    .bind(batch.client_id.clone())
-                    .bind(target_entity.name)
-                    .bind(value.to_string())
-                    .fetch_optional(&mut *tx)
-                    .await?;
+                    let mapped: Option<String> = match refs.get(&(target_entity.name, value.to_string())) {
+                        Some(id) => Some(id.clone()),
+                        None => {
+                            sqlx::query_scalar(
+                                "SELECT record_id FROM client_refs \
+                                 WHERE client_id = $1 AND entity = $2 AND client_ref = $3",
+                            )
+                            .bind(batch.client_id.clone())
+                            .bind(target_entity.name)
+                            .bind(value.to_string())
+                            .fetch_optional(&mut *tx)
+                            .await?
+                        }
+                    };
                     if let Some(id) = mapped {
                         fields.insert(field.to_string(), Value::String(id));
                     }
@@ -470,10 +511,13 @@ impl Store {
                         };
                         let sql = insert_sql(entity, d);
                         bind_record!(sqlx::query(&sql), &record).execute(&mut *tx).await?;
-                        append_change!(tx, d, &record, Op::Upsert, writer);
+                        append_change_quiet!(tx, d, &record, Op::Upsert, writer);
                         save_clock!(tx, &record, &incoming);
                         if bind_ref {
                             save_ref!(tx, d, batch, item, &record.id);
+                            if let Some(r) = &item.client_ref {
+                                refs.insert((entity.name, r.clone()), record.id.clone());
+                            }
                         }
                         written.push(entity.name);
                         outcome.status = ItemStatus::Created;
@@ -511,6 +555,9 @@ impl Store {
                         };
                         if bind_ref {
                             save_ref!(tx, d, batch, item, &cur.id);
+                            if let Some(r) = &item.client_ref {
+                                refs.insert((entity.name, r.clone()), cur.id.clone());
+                            }
                         }
                         if !apply {
                             let already = cur.deleted_at.is_some() && item.op == Op::Delete;
@@ -545,7 +592,7 @@ impl Store {
                         };
                         let sql = update_sql(entity, d);
                         bind_record!(sqlx::query(&sql), &record).execute(&mut *tx).await?;
-                        append_change!(tx, d, &record, item.op, writer);
+                        append_change_quiet!(tx, d, &record, item.op, writer);
                         save_clock!(tx, &record, &incoming);
                         written.push(entity.name);
                         // A write that applied although its base was stale overwrote a
@@ -576,6 +623,10 @@ impl Store {
             if !errors.is_empty() {
                 // Dropping the transaction rolls back every item already applied.
                 return Err(StoreError::InvalidBatch(errors));
+            }
+            if d == Dialect::Postgres && !written.is_empty() {
+                // Wakes other nodes' streams and workers (payload unused).
+                sqlx::query("SELECT pg_notify('syncflow_changes', 'sync')").execute(&mut *tx).await?;
             }
             tx.commit().await?;
         });
