@@ -22,7 +22,7 @@ use crate::catalog::{
 };
 use crate::changes::{change_columns, decode_change};
 use crate::dialect::{Col, Dialect};
-use crate::{on_read, on_write, Result, Store, StoreError};
+use crate::{on_read, on_write, Backend, Result, Store, StoreError};
 
 /// One write a client pushes.
 #[derive(Debug, Clone)]
@@ -302,27 +302,12 @@ impl Store {
                 wanted.entry(item.entity.name).or_default().push(r.clone());
             }
         }
-        let mut refs: HashMap<(&'static str, String), String> = HashMap::new();
+        // Read before the transaction: a ref bound meanwhile by a concurrent batch of
+        // the same client makes our insert collide, and the retry reads it.
+        let mut refs = self.client_refs_of(&batch.client_id, &wanted).await?;
         on_write!(self, |pool, d| {
             let mut tx = pool.begin().await?;
             mark_writer!(tx, d);
-            for (entity_name, list) in &wanted {
-                for chunk in list.chunks(IN_CHUNK) {
-                    let sql = format!(
-                        "SELECT client_ref, record_id FROM client_refs \
-                         WHERE client_id = $1 AND entity = $2 AND client_ref IN ({})",
-                        placeholders(3, chunk.len())
-                    );
-                    let mut q = sqlx::query_as(&sql).bind(batch.client_id.clone()).bind(*entity_name);
-                    for r in chunk {
-                        q = q.bind(r.clone());
-                    }
-                    let found: Vec<(String, String)> = q.fetch_all(&mut *tx).await?;
-                    for (r, id) in found {
-                        refs.insert((*entity_name, r), id);
-                    }
-                }
-            }
             for (index, item) in batch.items.iter().enumerate() {
                 let entity = item.entity;
                 let mut fail =
@@ -648,22 +633,19 @@ impl Store {
         if entities.is_empty() {
             return Ok(PullPage { records: Vec::new(), next_after: head, has_more: false });
         }
-        let rows: Vec<(i64, String, String)> = on_read!(self, |pool, _d| {
+        // Scan by sequence alone and filter here (see `change_page`).
+        let scanned: Vec<(i64, String, String)> = on_read!(self, |pool, _d| {
             let sql = format!(
-                "SELECT seq, entity, record_id FROM changes \
-                 WHERE seq > $1 AND seq <= $2 AND entity IN ({}) ORDER BY seq LIMIT {}",
-                placeholders(3, entities.len()),
+                "SELECT seq, entity, record_id FROM changes WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT {}",
                 limit + 1
             );
-            let mut q = sqlx::query_as(&sql).bind(after).bind(head);
-            for e in entities {
-                q = q.bind(e.name);
-            }
-            q.fetch_all(pool).await?
+            sqlx::query_as(&sql).bind(after).bind(head).fetch_all(pool).await?
         });
-        let has_more = rows.len() > limit;
-        let rows = &rows[..rows.len().min(limit)];
-        let next_after = if has_more { rows.last().map_or(head, |r| r.0) } else { head };
+        let has_more = scanned.len() > limit;
+        let scanned = &scanned[..scanned.len().min(limit)];
+        let next_after = if has_more { scanned.last().map_or(head, |r| r.0) } else { head };
+        let rows: Vec<&(i64, String, String)> =
+            scanned.iter().filter(|(_, entity, _)| entities.iter().any(|e| e.name == entity)).collect();
 
         // Last change per record within the page, in seq order.
         let mut last: HashMap<(&str, &str), i64> = HashMap::new();
@@ -735,6 +717,53 @@ impl Store {
         Ok(PullPage { records, next_after, has_more })
     }
 
+    /// The record ids this client's refs name, per entity.
+    async fn client_refs_of(
+        &self,
+        client_id: &str,
+        wanted: &HashMap<&'static str, Vec<String>>,
+    ) -> Result<HashMap<(&'static str, String), String>> {
+        let mut out = HashMap::new();
+        for (entity, list) in wanted {
+            for chunk in list.chunks(IN_CHUNK) {
+                let found: Vec<(String, String)> = match &self.inner.backend {
+                    // One array parameter, each element a primary-key lookup (LIMIT
+                    // keeps the lateral subquery from being flattened into a join:
+                    // PostgreSQL's generic plan would then scan all of the client's
+                    // refs, as it does for an IN list of parameters).
+                    Backend::Postgres(pool) => {
+                        sqlx::query_as(
+                            "SELECT r.client_ref, c.record_id FROM unnest($3::text[]) AS r(client_ref) \
+                             CROSS JOIN LATERAL (SELECT record_id FROM client_refs WHERE client_id = $1 \
+                             AND entity = $2 AND client_ref = r.client_ref LIMIT 1) c",
+                        )
+                        .bind(client_id)
+                        .bind(*entity)
+                        .bind(chunk.to_vec())
+                        .fetch_all(pool)
+                        .await?
+                    }
+                    Backend::Sqlite { read, .. } => {
+                        let sql = format!(
+                            "SELECT client_ref, record_id FROM client_refs \
+                             WHERE client_id = $1 AND entity = $2 AND client_ref IN ({})",
+                            placeholders(3, chunk.len())
+                        );
+                        let mut q = sqlx::query_as(&sql).bind(client_id).bind(*entity);
+                        for r in chunk {
+                            q = q.bind(r.clone());
+                        }
+                        q.fetch_all(read).await?
+                    }
+                };
+                for (r, id) in found {
+                    out.insert((*entity, r), id);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Up to `limit` changes after `after`, of the given entities only (`None`: all).
     pub async fn change_page(
         &self,
@@ -750,23 +779,39 @@ impl Store {
             return Ok(ChangePage { changes: Vec::new(), next_after: head });
         }
         let limit = limit.clamp(1, 10_000);
-        let changes: Vec<Change> = on_read!(self, |pool, d| {
-            let filter = match entities {
-                Some(list) => format!(" AND entity IN ({})", placeholders(3, list.len())),
-                None => String::new(),
-            };
-            let sql = format!(
-                "SELECT {} FROM changes WHERE seq > $1 AND seq <= $2{filter} ORDER BY seq LIMIT {limit}",
-                change_columns(d)
-            );
-            let mut q = sqlx::query(&sql).bind(after).bind(head);
-            for e in entities.unwrap_or_default() {
-                q = q.bind(e.name);
+        // Scan by sequence alone (the primary ordering index) and filter here: an
+        // entity filter in SQL lets PostgreSQL's generic plan sort the whole range.
+        let scan = limit.max(500);
+        let mut changes: Vec<Change> = Vec::new();
+        let mut cursor = after;
+        let next_after = loop {
+            let rows: Vec<Change> = on_read!(self, |pool, d| {
+                let sql = format!(
+                    "SELECT {} FROM changes WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT {scan}",
+                    change_columns(d)
+                );
+                let rows = sqlx::query(&sql).bind(cursor).bind(head).fetch_all(pool).await?;
+                rows.iter().map(decode_change).collect::<Result<Vec<_>>>()?
+            });
+            let full = rows.len() == scan;
+            let mut last_seen = None;
+            for change in rows {
+                last_seen = Some(change.seq);
+                if entities.is_none_or(|list| list.iter().any(|e| e.name == change.entity)) {
+                    changes.push(change);
+                    if changes.len() == limit {
+                        break;
+                    }
+                }
             }
-            let rows = q.fetch_all(pool).await?;
-            rows.iter().map(decode_change).collect::<Result<Vec<_>>>()?
-        });
-        let next_after = if changes.len() == limit { changes.last().map_or(head, |c| c.seq) } else { head };
+            if changes.len() == limit {
+                break changes.last().map_or(head, |c| c.seq);
+            }
+            match (full, last_seen) {
+                (true, Some(seq)) => cursor = seq,
+                _ => break head,
+            }
+        };
         Ok(ChangePage { changes, next_after })
     }
 
@@ -774,20 +819,31 @@ impl Store {
     pub async fn records_with_clocks(&self, entity: &'static Entity, ids: &[String]) -> Result<Vec<(Record, Clock)>> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(IN_CHUNK) {
-            let records: Vec<Record> = on_read!(self, |pool, d| {
-                let sql = format!(
-                    "SELECT {} FROM {} WHERE id IN ({})",
-                    select_list(entity, d),
-                    entity.plural,
-                    placeholders(1, chunk.len())
-                );
-                let mut q = sqlx::query(&sql);
-                for id in chunk {
-                    q = q.bind(id.clone());
+            // PostgreSQL gets one array parameter: a statement with hundreds of
+            // parameters is re-planned per distinct length and planned poorly.
+            let records: Vec<Record> = match &self.inner.backend {
+                Backend::Postgres(pool) => {
+                    let d = Dialect::Postgres;
+                    let sql = format!("SELECT {} FROM {} WHERE id = ANY($1)", select_list(entity, d), entity.plural);
+                    let rows = sqlx::query(&sql).bind(chunk.to_vec()).fetch_all(pool).await?;
+                    rows.iter().map(|r| decode_record(entity, r)).collect::<Result<Vec<_>>>()?
                 }
-                let rows = q.fetch_all(pool).await?;
-                rows.iter().map(|r| decode_record(entity, r)).collect::<Result<Vec<_>>>()?
-            });
+                Backend::Sqlite { read, .. } => {
+                    let d = Dialect::Sqlite;
+                    let sql = format!(
+                        "SELECT {} FROM {} WHERE id IN ({})",
+                        select_list(entity, d),
+                        entity.plural,
+                        placeholders(1, chunk.len())
+                    );
+                    let mut q = sqlx::query(&sql);
+                    for id in chunk {
+                        q = q.bind(id.clone());
+                    }
+                    let rows = q.fetch_all(read).await?;
+                    rows.iter().map(|r| decode_record(entity, r)).collect::<Result<Vec<_>>>()?
+                }
+            };
             out.extend(self.attach_clocks(entity, records).await?);
         }
         Ok(out)
@@ -822,18 +878,30 @@ impl Store {
         let mut rows: HashMap<String, (i64, String, String)> = HashMap::new();
         let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
         for chunk in ids.chunks(IN_CHUNK) {
-            let found: Vec<(String, i64, String, String)> = on_read!(self, |pool, _d| {
-                let sql = format!(
-                    "SELECT record_id, version, edited_at, writer FROM sync_clocks \
-                     WHERE entity = $1 AND record_id IN ({})",
-                    placeholders(2, chunk.len())
-                );
-                let mut q = sqlx::query_as(&sql).bind(entity.name);
-                for id in chunk {
-                    q = q.bind(id.clone());
+            let found: Vec<(String, i64, String, String)> = match &self.inner.backend {
+                Backend::Postgres(pool) => {
+                    sqlx::query_as(
+                        "SELECT record_id, version, edited_at, writer FROM sync_clocks \
+                         WHERE entity = $1 AND record_id = ANY($2)",
+                    )
+                    .bind(entity.name)
+                    .bind(chunk.to_vec())
+                    .fetch_all(pool)
+                    .await?
                 }
-                q.fetch_all(pool).await?
-            });
+                Backend::Sqlite { read, .. } => {
+                    let sql = format!(
+                        "SELECT record_id, version, edited_at, writer FROM sync_clocks \
+                         WHERE entity = $1 AND record_id IN ({})",
+                        placeholders(2, chunk.len())
+                    );
+                    let mut q = sqlx::query_as(&sql).bind(entity.name);
+                    for id in chunk {
+                        q = q.bind(id.clone());
+                    }
+                    q.fetch_all(read).await?
+                }
+            };
             for (id, version, edited_at, writer) in found {
                 rows.insert(id, (version, edited_at, writer));
             }
