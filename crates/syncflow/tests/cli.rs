@@ -36,14 +36,20 @@ async fn sigterm_lets_in_flight_requests_finish() {
     let mut hub = Hub::start(&dir, &[], &[]);
     let body = r#"{"name":"In flight"}"#;
     let mut conn = TcpStream::connect(&hub.addr).unwrap();
+    // `Expect: 100-continue` makes the server say when the handler starts reading the
+    // body: from then on the request is certainly in flight, not an idle connection.
     write!(
         conn,
-        "POST /v1/customers HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+        "POST /v1/customers HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         expect: 100-continue\r\nconnection: close\r\n\r\n",
         body.len(),
-        &body[..5]
     )
     .unwrap();
     conn.flush().unwrap();
+    let mut interim = [0u8; 25];
+    conn.read_exact(&mut interim).unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    conn.write_all(&body.as_bytes()[..5]).unwrap();
     hub.signal("-TERM");
     hub.wait_log(|l| l["message"] == "SIGTERM received, shutting down");
     conn.write_all(&body.as_bytes()[5..]).unwrap();
