@@ -8,7 +8,24 @@ use syncflow_core::entity::{Entity, FieldType, Storage};
 use syncflow_core::{id::new_id, now_timestamp, FieldError, Op, Record};
 
 use crate::dialect::{Col, Dialect};
+use crate::inbox::InwardWrite;
 use crate::{on_read, on_write, Result, Store, StoreError};
+
+/// A catalog write made for an inward event (`Store::apply_inward`).
+#[derive(Debug, Clone, Copy)]
+pub enum InwardOp<'a> {
+    Create(&'a Map<String, Value>),
+    /// A merge patch; an empty patch writes nothing but still settles the link and inbox row.
+    Update {
+        id: &'a str,
+        patch: &'a Map<String, Value>,
+        expected_version: Option<i64>,
+    },
+    Delete {
+        id: &'a str,
+        expected_version: Option<i64>,
+    },
+}
 
 /// Cursor-paginated list request.
 #[derive(Debug, Clone, Default)]
@@ -132,6 +149,44 @@ macro_rules! mark_writer {
     };
 }
 
+/// Upserts the inward write's link (at the written version) and settles its inbox
+/// row, inside the catalog write's transaction: the record, its change, the link
+/// and the event's outcome commit together or not at all.
+macro_rules! settle_inward {
+    ($tx:expr, $inward:expr, $entity:expr, $record_id:expr, $version:expr) => {
+        if let Some(w) = $inward {
+            let w: &InwardWrite = w;
+            let now = crate::deliveries::now_ms();
+            if let Some(link) = &w.link {
+                sqlx::query(crate::deliveries::UPSERT_LINK)
+                    .bind($entity.to_string())
+                    .bind($record_id.to_string())
+                    .bind(w.system.clone())
+                    .bind(link.external_id.clone())
+                    .bind($version)
+                    .bind(link.fingerprint.clone())
+                    .bind(link.snapshot.clone())
+                    .bind(now)
+                    .execute(&mut *$tx)
+                    .await?;
+            }
+            if let Some((id, outcome, remarks)) = &w.inbox {
+                sqlx::query(
+                    "UPDATE inbox SET outcome = $2, record_id = $3, remarks = $4, lease_until = NULL, \
+                     settled_at = $5 WHERE id = $1",
+                )
+                .bind(*id)
+                .bind(outcome.as_str())
+                .bind($record_id.to_string())
+                .bind(remarks.clone())
+                .bind(now)
+                .execute(&mut *$tx)
+                .await?;
+            }
+        }
+    };
+}
+
 /// Fails with a field error for each reference field that does not name a live
 /// record. On PostgreSQL the referenced row is share-locked until commit, so it
 /// cannot be deleted underneath us.
@@ -209,6 +264,31 @@ pub(crate) fn unique_to_invalid(entity: &Entity, e: sqlx::Error) -> StoreError {
 impl Store {
     /// Creates a record from a client body (validated here) and logs the change.
     pub async fn create(&self, entity: &'static Entity, body: &Map<String, Value>, origin: &str) -> Result<Record> {
+        self.create_inner(entity, body, origin, None).await
+    }
+
+    /// A catalog write for an inward event of `write.system` (which becomes the
+    /// change's origin), committed with the event's link and inbox outcome.
+    pub async fn apply_inward(&self, entity: &'static Entity, op: InwardOp<'_>, write: &InwardWrite) -> Result<Record> {
+        let origin = write.system.as_str();
+        match op {
+            InwardOp::Create(body) => self.create_inner(entity, body, origin, Some(write)).await,
+            InwardOp::Update { id, patch, expected_version } => {
+                self.update_inner(entity, id, patch, expected_version, origin, Some(write)).await
+            }
+            InwardOp::Delete { id, expected_version } => {
+                self.delete_inner(entity, id, expected_version, origin, Some(write)).await
+            }
+        }
+    }
+
+    async fn create_inner(
+        &self,
+        entity: &'static Entity,
+        body: &Map<String, Value>,
+        origin: &str,
+        inward: Option<&InwardWrite>,
+    ) -> Result<Record> {
         let fields = entity.validate_create(body).map_err(StoreError::Invalid)?;
         let now = now_timestamp();
         let record = Record {
@@ -231,6 +311,7 @@ impl Store {
                 .await
                 .map_err(|e| unique_to_invalid(entity, e))?;
             append_change!(tx, d, &record, Op::Upsert, origin);
+            settle_inward!(tx, inward, entity.name, &record.id, record.version);
             tx.commit().await?;
         });
         self.notify_written(entity.name, origin);
@@ -247,7 +328,19 @@ impl Store {
         expected_version: Option<i64>,
         origin: &str,
     ) -> Result<Record> {
-        let record = on_write!(self, |pool, d| {
+        self.update_inner(entity, id, patch, expected_version, origin, None).await
+    }
+
+    async fn update_inner(
+        &self,
+        entity: &'static Entity,
+        id: &str,
+        patch: &Map<String, Value>,
+        expected_version: Option<i64>,
+        origin: &str,
+        inward: Option<&InwardWrite>,
+    ) -> Result<Record> {
+        let written = on_write!(self, |pool, d| {
             let mut tx = pool.begin().await?;
             mark_writer!(tx, d);
             let row =
@@ -266,6 +359,11 @@ impl Store {
             }
             let fields = entity.apply_patch(&current.fields, patch).map_err(StoreError::Invalid)?;
             if fields == current.fields {
+                // Nothing to write, but an inward event still settles (and links) here.
+                if inward.is_some() {
+                    settle_inward!(tx, inward, entity.name, &current.id, current.version);
+                    tx.commit().await?;
+                }
                 return Ok(current);
             }
             check_references!(tx, d, entity, &fields, Some(&current.fields));
@@ -277,11 +375,12 @@ impl Store {
                 .await
                 .map_err(|e| unique_to_invalid(entity, e))?;
             append_change!(tx, d, &record, Op::Upsert, origin);
+            settle_inward!(tx, inward, entity.name, &record.id, record.version);
             tx.commit().await?;
             record
         });
         self.notify_written(entity.name, origin);
-        Ok(record)
+        Ok(written)
     }
 
     /// Tombstones a record: it stays in the table with `deleted_at` set, so the
@@ -292,6 +391,17 @@ impl Store {
         id: &str,
         expected_version: Option<i64>,
         origin: &str,
+    ) -> Result<Record> {
+        self.delete_inner(entity, id, expected_version, origin, None).await
+    }
+
+    async fn delete_inner(
+        &self,
+        entity: &'static Entity,
+        id: &str,
+        expected_version: Option<i64>,
+        origin: &str,
+        inward: Option<&InwardWrite>,
     ) -> Result<Record> {
         let record = on_write!(self, |pool, d| {
             let mut tx = pool.begin().await?;
@@ -316,6 +426,7 @@ impl Store {
             let sql = update_sql(entity, d);
             bind_record!(sqlx::query(&sql), &record).execute(&mut *tx).await?;
             append_change!(tx, d, &record, Op::Delete, origin);
+            settle_inward!(tx, inward, entity.name, &record.id, record.version);
             tx.commit().await?;
             record
         });

@@ -239,6 +239,15 @@ fn placeholders(from: usize, n: usize) -> String {
     (from..from + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }
 
+/// Records (or refreshes) a link: $1 entity, $2 record id, $3 system, $4 external
+/// id, $5 synced version, $6 fingerprint, $7 snapshot, $8 time. The table's second
+/// unique key (system, entity, external id) keeps it one-to-one.
+pub(crate) const UPSERT_LINK: &str = "INSERT INTO links (entity, record_id, system, external_id, synced_version, \
+     fingerprint, snapshot, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+     ON CONFLICT (entity, record_id, system) DO UPDATE SET external_id = excluded.external_id, \
+     synced_version = excluded.synced_version, fingerprint = excluded.fingerprint, \
+     snapshot = excluded.snapshot, updated_at = excluded.updated_at";
+
 const INSERT_DELIVERY: &str = "INSERT INTO deliveries (change_seq, system, kind, subject_id, entity, record_id, \
      ordering_key, op, status, next_attempt_at, created_at, updated_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $9, $9) ON CONFLICT DO NOTHING";
@@ -504,23 +513,17 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
                 if let Some(link) = &f.link {
-                    sqlx::query(
-                        "INSERT INTO links (entity, record_id, system, external_id, synced_version, fingerprint, \
-                         snapshot, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                         ON CONFLICT (entity, record_id, system) DO UPDATE SET external_id = excluded.external_id, \
-                         synced_version = excluded.synced_version, fingerprint = excluded.fingerprint, \
-                         snapshot = excluded.snapshot, updated_at = excluded.updated_at",
-                    )
-                    .bind(&delivery.entity)
-                    .bind(&delivery.record_id)
-                    .bind(&delivery.system)
-                    .bind(&link.external_id)
-                    .bind(link.synced_version)
-                    .bind(link.fingerprint.clone())
-                    .bind(link.snapshot.clone())
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
+                    sqlx::query(UPSERT_LINK)
+                        .bind(&delivery.entity)
+                        .bind(&delivery.record_id)
+                        .bind(&delivery.system)
+                        .bind(&link.external_id)
+                        .bind(link.synced_version)
+                        .bind(link.fingerprint.clone())
+                        .bind(link.snapshot.clone())
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 if let (Some(origin), true) = (&f.callback_to, f.status.is_final()) {
                     sqlx::query(INSERT_DELIVERY)

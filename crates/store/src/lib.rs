@@ -2,7 +2,8 @@
 //! embedded SQLite or PostgreSQL, chosen by URL.
 //!
 //! Invariant kept here: every catalog write commits in the same transaction as its
-//! change row, and change readers never skip a committed change (see `sequence`).
+//! change row (and, for inward events, its link and inbox outcome), and change
+//! readers never skip a committed change (see `sequence`).
 //!
 //! Both backends share one implementation: SQL text differs only where `Dialect`
 //! says so, and the `on_write!`/`on_read!` macros expand each method body once per
@@ -12,6 +13,7 @@ mod catalog;
 mod changes;
 pub mod deliveries;
 mod dialect;
+pub mod inbox;
 mod migrate;
 mod sync;
 pub mod testing;
@@ -26,7 +28,7 @@ use syncflow_core::metrics::Registry;
 use syncflow_core::FieldError;
 use tokio::sync::watch;
 
-pub use catalog::{ListQuery, Page};
+pub use catalog::{InwardOp, ListQuery, Page};
 pub use deliveries::{
     now_ms, Claimed, Delivery, DeliveryFilter, Finish, Link, LinkUpdate, QueueStats, Route, Status as DeliveryStatus,
 };
@@ -35,6 +37,7 @@ pub use sync::{
     client_writer, ChangePage, ItemConflict, ItemError, ItemOutcome, ItemStatus, LosingSide, PullPage, PulledRecord,
     SyncBatch, SyncItem, Winner,
 };
+pub use inbox::{InboxEvent, InboxOutcome, InwardWrite, NewInboxEvent};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

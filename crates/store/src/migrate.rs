@@ -21,12 +21,14 @@ const SQLITE: &[Migration] = migrations!("sqlite":
     1 "catalog" "0001_catalog.sql",
     2 "delivery" "0002_delivery.sql",
     3 "client_sync" "0003_client_sync.sql",
+    4 "inbox" "0004_inbox.sql",
 );
 
 const POSTGRES: &[Migration] = migrations!("postgres":
     1 "catalog" "0001_catalog.sql",
     2 "delivery" "0002_delivery.sql",
     3 "client_sync" "0003_client_sync.sql",
+    4 "inbox" "0004_inbox.sql",
 );
 
 /// Arbitrary constant naming syncflow's migration lock.

@@ -1,0 +1,278 @@
+//! The inbox: every inward event (webhook, poll) recorded once per (system, event
+//! id), then settled with an outcome.
+//!
+//! Invariants kept here: an event is durable before it is acknowledged (the caller
+//! answers 2xx only after `receive` returned); an event is applied at most once (a
+//! settled row is never claimed again, and only one holder of an unexpired lease
+//! may apply a `received` row); a settled outcome is written in the same
+//! transaction as the catalog write it describes (see `Store::apply_inward`).
+
+use serde::Serialize;
+use sqlx::Row;
+
+use crate::deliveries::now_ms;
+use crate::{on_read, on_write, LinkUpdate, Result, Store};
+
+/// How an inward event ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InboxOutcome {
+    /// Recorded, not yet settled.
+    Received,
+    /// Changed the catalog (or linked a record).
+    Applied,
+    /// The state we last synced to that system: our own write coming back.
+    Echo,
+    /// Older than an event already applied for the same object.
+    Stale,
+    /// A type this system does not apply.
+    Ignored,
+    /// Invalid for the catalog (validation failed); see remarks.
+    Rejected,
+    /// Could not be applied for a reason that is not the event's fault.
+    Failed,
+}
+
+impl InboxOutcome {
+    pub const ALL: [InboxOutcome; 7] = [
+        InboxOutcome::Received,
+        InboxOutcome::Applied,
+        InboxOutcome::Echo,
+        InboxOutcome::Stale,
+        InboxOutcome::Ignored,
+        InboxOutcome::Rejected,
+        InboxOutcome::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InboxOutcome::Received => "received",
+            InboxOutcome::Applied => "applied",
+            InboxOutcome::Echo => "echo",
+            InboxOutcome::Stale => "stale",
+            InboxOutcome::Ignored => "ignored",
+            InboxOutcome::Rejected => "rejected",
+            InboxOutcome::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<InboxOutcome> {
+        InboxOutcome::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+}
+
+/// An event as it arrives, before it is recorded.
+#[derive(Debug, Clone)]
+pub struct NewInboxEvent {
+    pub system: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub entity: Option<String>,
+    pub external_id: Option<String>,
+    /// The external system's event time, in its own unit (Stripe: seconds).
+    pub event_created: i64,
+    /// `webhook`, `poll` or `backfill`.
+    pub source: String,
+    pub payload: String,
+}
+
+/// One inbox row.
+#[derive(Debug, Clone, Serialize)]
+pub struct InboxEvent {
+    pub id: i64,
+    pub system: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub entity: Option<String>,
+    pub external_id: Option<String>,
+    pub event_created: i64,
+    pub source: String,
+    #[serde(skip)]
+    pub payload: String,
+    pub outcome: InboxOutcome,
+    pub record_id: Option<String>,
+    pub remarks: Option<String>,
+    pub received_at: i64,
+    pub settled_at: Option<i64>,
+}
+
+/// How an inward catalog write settles its inbox row and link, in the write's own
+/// transaction (`Store::apply_inward`).
+#[derive(Debug, Clone)]
+pub struct InwardWrite {
+    pub system: String,
+    /// Inbox row to settle, with its outcome and remarks.
+    pub inbox: Option<(i64, InboxOutcome, Option<String>)>,
+    /// Link to upsert; its `synced_version` is replaced by the written record's version.
+    pub link: Option<LinkUpdate>,
+}
+
+const INBOX_COLUMNS: &str = "id, system, event_id, event_type, entity, external_id, event_created, source, payload, \
+     outcome, record_id, remarks, received_at, settled_at";
+
+fn decode<'r, R>(row: &'r R) -> Result<InboxEvent>
+where
+    R: Row,
+    usize: sqlx::ColumnIndex<R>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let outcome: String = row.try_get(9)?;
+    Ok(InboxEvent {
+        id: row.try_get(0)?,
+        system: row.try_get(1)?,
+        event_id: row.try_get(2)?,
+        event_type: row.try_get(3)?,
+        entity: row.try_get(4)?,
+        external_id: row.try_get(5)?,
+        event_created: row.try_get(6)?,
+        source: row.try_get(7)?,
+        payload: row.try_get(8)?,
+        outcome: InboxOutcome::parse(&outcome)
+            .ok_or_else(|| crate::StoreError::Corrupt(format!("inbox outcome `{outcome}`")))?,
+        record_id: row.try_get(10)?,
+        remarks: row.try_get(11)?,
+        received_at: row.try_get(12)?,
+        settled_at: row.try_get(13)?,
+    })
+}
+
+impl Store {
+    /// Records an event unless its (system, event id) is already there, and returns
+    /// the row with `true` when this call inserted it. Once this returns, the event
+    /// is durable and may be acknowledged.
+    pub async fn inbox_receive(&self, e: &NewInboxEvent) -> Result<(InboxEvent, bool)> {
+        let now = now_ms();
+        on_write!(self, |pool, _d| {
+            let inserted = sqlx::query(
+                "INSERT INTO inbox (system, event_id, event_type, entity, external_id, event_created, source, \
+                 payload, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                 ON CONFLICT (system, event_id) DO NOTHING",
+            )
+            .bind(&e.system)
+            .bind(&e.event_id)
+            .bind(&e.event_type)
+            .bind(e.entity.clone())
+            .bind(e.external_id.clone())
+            .bind(e.event_created)
+            .bind(&e.source)
+            .bind(&e.payload)
+            .bind(now)
+            .execute(pool)
+            .await?
+            .rows_affected()
+                == 1;
+            let row = sqlx::query(&format!("SELECT {INBOX_COLUMNS} FROM inbox WHERE system = $1 AND event_id = $2"))
+                .bind(&e.system)
+                .bind(&e.event_id)
+                .fetch_one(pool)
+                .await?;
+            Ok((decode(&row)?, inserted))
+        })
+    }
+
+    /// Takes the right to apply a `received` row for `lease_ms`. False when it is
+    /// settled or another applier holds an unexpired lease.
+    pub async fn inbox_claim(&self, id: i64, lease_ms: i64) -> Result<bool> {
+        let now = now_ms();
+        on_write!(self, |pool, _d| {
+            let n = sqlx::query(
+                "UPDATE inbox SET lease_until = $2 WHERE id = $1 AND outcome = 'received' \
+                 AND (lease_until IS NULL OR lease_until < $3)",
+            )
+            .bind(id)
+            .bind(now + lease_ms)
+            .bind(now)
+            .execute(pool)
+            .await?
+            .rows_affected();
+            Ok(n == 1)
+        })
+    }
+
+    /// Settles a row without a catalog write (echo, stale, ignored, rejected, failed).
+    pub async fn inbox_settle(
+        &self,
+        id: i64,
+        outcome: InboxOutcome,
+        record_id: Option<&str>,
+        remarks: Option<&str>,
+    ) -> Result<()> {
+        on_write!(self, |pool, _d| {
+            sqlx::query(
+                "UPDATE inbox SET outcome = $2, record_id = COALESCE($3, record_id), remarks = $4, \
+                 lease_until = NULL, settled_at = $5 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(outcome.as_str())
+            .bind(record_id.map(str::to_string))
+            .bind(remarks.map(str::to_string))
+            .bind(now_ms())
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// The newest event time already applied (or recognised as echo) for one
+    /// external object, ignoring row `except`: the yardstick for stale events.
+    pub async fn inbox_last_applied(&self, system: &str, external_id: &str, except: i64) -> Result<Option<i64>> {
+        on_read!(self, |pool, _d| {
+            Ok(sqlx::query_scalar(
+                "SELECT MAX(event_created) FROM inbox WHERE system = $1 AND external_id = $2 AND id <> $3 \
+                 AND outcome IN ('applied', 'echo')",
+            )
+            .bind(system.to_string())
+            .bind(external_id.to_string())
+            .bind(except)
+            .fetch_one(pool)
+            .await?)
+        })
+    }
+
+    /// Unsettled rows of `system` whose lease (if any) has run out, oldest first:
+    /// what a crash left between acknowledgement and apply.
+    pub async fn inbox_unsettled(&self, system: &str, limit: usize) -> Result<Vec<InboxEvent>> {
+        let now = now_ms();
+        on_read!(self, |pool, _d| {
+            let rows = sqlx::query(&format!(
+                "SELECT {INBOX_COLUMNS} FROM inbox WHERE system = $1 AND outcome = 'received' \
+                 AND (lease_until IS NULL OR lease_until < $2) ORDER BY id LIMIT {}",
+                limit.clamp(1, 1000)
+            ))
+            .bind(system.to_string())
+            .bind(now)
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(decode).collect()
+        })
+    }
+
+    /// Inbox rows of `system`, oldest first, after row id `after`.
+    pub async fn inbox(&self, system: &str, after: i64, limit: usize) -> Result<Vec<InboxEvent>> {
+        on_read!(self, |pool, _d| {
+            let rows = sqlx::query(&format!(
+                "SELECT {INBOX_COLUMNS} FROM inbox WHERE system = $1 AND id > $2 ORDER BY id LIMIT {}",
+                limit.clamp(1, 1000)
+            ))
+            .bind(system.to_string())
+            .bind(after)
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(decode).collect()
+        })
+    }
+
+    pub async fn inbox_event(&self, system: &str, event_id: &str) -> Result<Option<InboxEvent>> {
+        on_read!(self, |pool, _d| {
+            let row = sqlx::query(&format!("SELECT {INBOX_COLUMNS} FROM inbox WHERE system = $1 AND event_id = $2"))
+                .bind(system.to_string())
+                .bind(event_id.to_string())
+                .fetch_optional(pool)
+                .await?;
+            row.as_ref().map(decode).transpose()
+        })
+    }
+}
