@@ -3,17 +3,20 @@
 //! A system's `[[systems]]` block is split by the engine into common settings and
 //! the connector's own table; `build` hands that table to the connector's config,
 //! which builds the connector (the config-builds-component shape). Whether a failure
-//! is worth retrying is decided in one place, `retry`.
+//! is worth retrying is decided in one place, `retry`. A kind that also receives
+//! changes (webhooks, polling) exposes an `Inward` side; the engine and server
+//! call it without knowing the kind.
 
 pub mod http;
 pub mod retry;
 pub mod signature;
+pub mod stripe;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use syncflow_core::Change;
-use syncflow_store::{Link, LinkUpdate};
+use syncflow_store::{InboxOutcome, Link, LinkUpdate, Store, StoreError};
 
 /// One push of a change to a system.
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +42,85 @@ pub trait Connector: Send + Sync + 'static {
     /// Applies `req.change` to the external system. Must be idempotent for the
     /// same delivery: a push may be repeated after a crash.
     async fn push(&self, req: PushRequest<'_>) -> Outcome;
+
+    /// The inward side (signed webhooks, polling), for kinds that have one.
+    fn inward(&self) -> Option<&dyn Inward> {
+        None
+    }
+
+    /// Requests per second the system documents, used when its `[[systems]]`
+    /// block sets no `rate_limit`. `None`: unlimited.
+    fn default_rate_limit(&self) -> Option<f64> {
+        None
+    }
+}
+
+/// Changes arriving from a system: webhooks it sends and events we poll.
+///
+/// Invariants an implementation keeps: a webhook with a missing, malformed, wrong or
+/// expired signature stores nothing; an event is durable (inbox) before `webhook`
+/// returns `Ok`; an event seen twice (webhook retry, webhook and poller) is applied
+/// once; a poll cursor moves only past events that are settled.
+#[async_trait::async_trait]
+pub trait Inward: Send + Sync {
+    /// Verifies, records and applies one webhook delivery.
+    async fn webhook(
+        &self,
+        store: &Store,
+        headers: &reqwest::header::HeaderMap,
+        body: &[u8],
+    ) -> Result<WebhookReceipt, WebhookError>;
+
+    /// One round of polling: settles inbox rows a crash left unsettled, then (when
+    /// polling is on) fetches events past the stored cursor, applies them and
+    /// advances the cursor.
+    async fn poll(&self, store: &Store) -> Result<PollReport, InwardError>;
+
+    /// How often `poll` should run; `None` when this system is not polled.
+    fn poll_interval(&self) -> Option<Duration>;
+}
+
+/// What a webhook request achieved (the 2xx body).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WebhookReceipt {
+    pub event_id: String,
+    pub outcome: InboxOutcome,
+    /// The event was already in the inbox (a retry, or seen by the poller first).
+    pub duplicate: bool,
+}
+
+/// Events fetched and applied by one `poll`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PollReport {
+    pub fetched: usize,
+    pub applied: usize,
+    /// Inbox rows that were left unsettled by an earlier run and settled now.
+    pub recovered: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    /// Missing, malformed, wrong or expired signature: 400, nothing stored.
+    #[error("bad signature: {0}")]
+    Signature(#[from] signature::SignatureError),
+    /// Signed correctly but not an event we can read: 400, nothing stored.
+    #[error("bad payload: {0}")]
+    Payload(String),
+    /// This system has no webhook secret configured.
+    #[error("webhooks are not configured for this system")]
+    NotConfigured,
+    /// Recording failed; the sender should retry.
+    #[error(transparent)]
+    Inward(#[from] InwardError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InwardError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The external system could not be asked (network, 5xx, 429).
+    #[error("{0}")]
+    Remote(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +132,7 @@ pub enum ConfigError {
 }
 
 /// Kinds `build` knows.
-pub const KINDS: &[&str] = &["http"];
+pub const KINDS: &[&str] = &["http", "stripe"];
 
 /// Builds the connector of `kind` from its settings table.
 pub fn build(system: &str, kind: &str, settings: toml::Table) -> Result<Arc<dyn Connector>, ConfigError> {
@@ -58,6 +140,11 @@ pub fn build(system: &str, kind: &str, settings: toml::Table) -> Result<Arc<dyn 
     match kind {
         "http" => {
             let config: http::HttpConfig = settings.try_into().map_err(|e: toml::de::Error| invalid(e.to_string()))?;
+            Ok(Arc::new(config.build(system).map_err(invalid)?))
+        }
+        "stripe" => {
+            let config: stripe::StripeConfig =
+                settings.try_into().map_err(|e: toml::de::Error| invalid(e.to_string()))?;
             Ok(Arc::new(config.build(system).map_err(invalid)?))
         }
         other => Err(ConfigError::UnknownKind {
@@ -103,6 +190,6 @@ mod tests {
     #[test]
     fn unknown_kind_is_a_clear_error() {
         let err = build("crm", "fax", toml::Table::new()).err().unwrap();
-        assert_eq!(err.to_string(), "system `crm`: unknown kind `fax` (known: http)");
+        assert_eq!(err.to_string(), "system `crm`: unknown kind `fax` (known: http, stripe)");
     }
 }

@@ -1,0 +1,150 @@
+//! Hub → Stripe: customer create/update/delete as form-encoded calls. Only the
+//! fields that differ from Stripe's last-synced state are sent (so a concurrent
+//! edit of another field in Stripe survives, invariant 5), every write carries an
+//! idempotency key derived from the delivery and its exact parameters
+//! (invariant 2), and the returned link remembers what was sent, for echo
+//! detection of the webhook that follows (invariant 3).
+
+use syncflow_core::Op;
+use syncflow_store::LinkUpdate;
+
+use super::client::{idempotency_key, Form};
+use super::state::{changed_fields, CustomerState, SyncSnapshot, FIELDS, SYNCFLOW_ID};
+use super::StripeConnector;
+use crate::{Outcome, PushRequest};
+
+impl StripeConnector {
+    pub(super) async fn push_customer(&self, req: PushRequest<'_>) -> Outcome {
+        let change = req.change;
+        let link = req.link;
+        let snap = SyncSnapshot::parse(link.and_then(|l| l.snapshot.as_deref()));
+        // A change older than the last sync (an inward apply wrote a newer hub
+        // version since) must not bring back old values: the link's hub state is
+        // newer and contains this change's effect.
+        let link_version = link.and_then(|l| l.synced_version).unwrap_or(0);
+        let hub_state = match &snap.hub {
+            Some(hub) if link_version > change.version => hub.clone(),
+            _ => CustomerState::from_hub(&change.snapshot),
+        };
+        let synced_version = change.version.max(link_version);
+        let now = chrono::Utc::now().timestamp();
+        let existing = link.filter(|_| snap.stripe.is_some()).map(|l| l.external_id.as_str());
+
+        if change.op == Op::Delete {
+            let Some(external_id) = link.map(|l| l.external_id.as_str()) else {
+                // Never reached Stripe: nothing to delete there.
+                return Outcome::Delivered { http_status: None, external_id: None, link: None };
+            };
+            let status = match self.client.delete(&format!("/v1/customers/{external_id}")).await {
+                Ok(_) => Some(200),
+                // Already gone (deleted in Stripe, or an earlier attempt got through).
+                Err(f) if f.is_not_found() => Some(404),
+                Err(f) => return f.outcome(&self.system),
+            };
+            let snapshot = SyncSnapshot {
+                stripe: None,
+                hub: Some(hub_state),
+                at: FIELDS.iter().map(|f| (f.to_string(), now)).collect(),
+            };
+            return delivered(status, external_id, synced_version, &snapshot);
+        }
+
+        let Some(external_id) = existing else {
+            let mut form = full_form(&hub_state);
+            form.push((format!("metadata[{SYNCFLOW_ID}]"), change.record_id.clone()));
+            let path = "/v1/customers";
+            let key = idempotency_key(req.delivery_id, "POST", path, &form);
+            return match self.client.post(path, &form, Some(&key)).await {
+                Ok(obj) => {
+                    let Some(id) = obj["id"].as_str() else {
+                        return Outcome::Retry {
+                            http_status: Some(200),
+                            reason: format!("{} answered a customer create without an id", self.system),
+                            retry_after: None,
+                        };
+                    };
+                    let snapshot = SyncSnapshot {
+                        stripe: Some(CustomerState::from_stripe(&obj)),
+                        hub: Some(hub_state),
+                        at: FIELDS.iter().map(|f| (f.to_string(), now)).collect(),
+                    };
+                    delivered(Some(200), id, synced_version, &snapshot)
+                }
+                Err(f) => f.outcome(&self.system),
+            };
+        };
+
+        let stripe_state = snap.stripe.clone().unwrap_or_default();
+        let changed = changed_fields(&stripe_state, &hub_state);
+        let mut sent = stripe_state.clone();
+        let mut at = snap.at.clone();
+        for f in &changed {
+            sent.set_field(f, &hub_state);
+            at.insert(f.to_string(), now);
+        }
+        let snapshot = SyncSnapshot { stripe: Some(sent), hub: Some(hub_state.clone()), at };
+        if changed.is_empty() {
+            // Stripe already has this state (e.g. the change only touched fields we
+            // do not sync): no call, but the link moves to this version.
+            return delivered(None, external_id, synced_version, &snapshot);
+        }
+        let form = diff_form(&stripe_state, &hub_state, &changed);
+        let path = format!("/v1/customers/{external_id}");
+        let key = idempotency_key(req.delivery_id, "POST", &path, &form);
+        match self.client.post(&path, &form, Some(&key)).await {
+            Ok(_) => delivered(Some(200), external_id, synced_version, &snapshot),
+            Err(f) => f.outcome(&self.system),
+        }
+    }
+}
+
+fn delivered(status: Option<u16>, external_id: &str, synced_version: i64, snapshot: &SyncSnapshot) -> Outcome {
+    Outcome::Delivered {
+        http_status: status,
+        external_id: Some(external_id.to_string()),
+        link: Some(LinkUpdate {
+            external_id: external_id.to_string(),
+            synced_version,
+            fingerprint: Some(snapshot.fingerprint()),
+            snapshot: Some(snapshot.to_text()),
+        }),
+    }
+}
+
+/// Every synced field, for a create.
+fn full_form(state: &CustomerState) -> Form {
+    let mut form = Form::new();
+    if let Some(name) = &state.name {
+        form.push(("name".into(), name.clone()));
+    }
+    if let Some(email) = &state.email {
+        form.push(("email".into(), email.clone()));
+    }
+    for (k, v) in &state.metadata {
+        form.push((format!("metadata[{k}]"), v.clone()));
+    }
+    form
+}
+
+/// Only the changed fields; an empty string is how Stripe clears a field or
+/// removes a metadata key.
+fn diff_form(from: &CustomerState, to: &CustomerState, changed: &[&str]) -> Form {
+    let mut form = Form::new();
+    for f in changed {
+        match *f {
+            "name" => form.push(("name".into(), to.name.clone().unwrap_or_default())),
+            "email" => form.push(("email".into(), to.email.clone().unwrap_or_default())),
+            _ => {
+                for (k, v) in &to.metadata {
+                    if from.metadata.get(k) != Some(v) {
+                        form.push((format!("metadata[{k}]"), v.clone()));
+                    }
+                }
+                for k in from.metadata.keys().filter(|k| !to.metadata.contains_key(*k)) {
+                    form.push((format!("metadata[{k}]"), String::new()));
+                }
+            }
+        }
+    }
+    form
+}
