@@ -77,7 +77,10 @@ impl Engine {
                 ),
                 None => None,
             };
-            let limiter = config.rate_limit.map(|r| Mutex::new(TokenBucket::new(r, config.burst)));
+            // Unset `rate_limit`: the limit the system documents (Stripe's 25/100 per s).
+            let rate = config.rate_limit.or_else(|| connector.default_rate_limit());
+            let burst = if config.rate_limit.is_some() { config.burst } else { rate.map_or(1, |r| r.ceil() as u32) };
+            let limiter = rate.map(|r| Mutex::new(TokenBucket::new(r, burst)));
             let slots = Arc::new(Semaphore::new(config.concurrency));
             systems.push(Arc::new(System { config, connector, callback, limiter, slots, work: Notify::new() }));
         }
@@ -87,6 +90,11 @@ impl Engine {
 
     pub fn systems(&self) -> impl Iterator<Item = &SystemConfig> {
         self.systems.iter().map(|s| &s.config)
+    }
+
+    /// Every system's connector by name (the server routes webhooks to them).
+    pub fn connectors(&self) -> std::collections::BTreeMap<String, Arc<dyn Connector>> {
+        self.systems.iter().map(|s| (s.config.name.clone(), s.connector.clone())).collect()
     }
 
     /// Starts the dispatcher and one worker loop per system. They stop when
@@ -102,6 +110,9 @@ impl Engine {
         tasks.spawn(self.clone().recorder(outcomes));
         for system in &self.systems {
             tasks.spawn(self.clone().worker(system.clone(), shutdown.clone(), record.clone()));
+            if system.connector.inward().and_then(|i| i.poll_interval()).is_some() {
+                tasks.spawn(self.clone().poller(system.clone(), shutdown.clone()));
+            }
         }
         tasks
     }
@@ -118,6 +129,26 @@ impl Engine {
                     Ok(r) => Ok(r[i]),
                     Err(e) => Err(e.to_string()),
                 });
+            }
+        }
+    }
+
+    /// Runs a system's inward `poll` every `poll_interval` (event polling where
+    /// configured, and always the recovery of inbox rows a crash left unsettled).
+    async fn poller(self: Arc<Self>, system: Arc<System>, mut shutdown: watch::Receiver<bool>) {
+        let Some(inward) = system.connector.inward() else { return };
+        let Some(every) = inward.poll_interval() else { return };
+        while !*shutdown.borrow() {
+            match inward.poll(&self.store).await {
+                Ok(report) if report.fetched + report.recovered > 0 => {
+                    tracing::debug!(system = %system.config.name, ?report, "polled");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(system = %system.config.name, error = %e, "poll failed; will retry"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.changed() => {}
             }
         }
     }

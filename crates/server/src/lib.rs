@@ -15,7 +15,9 @@ mod ops;
 mod seed;
 mod stream;
 mod sync;
+mod webhooks;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +26,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
+use syncflow_connectors::Connector;
 use syncflow_core::metrics::Registry;
 use syncflow_engine::SystemConfig;
 use syncflow_store::Store;
@@ -62,6 +65,8 @@ pub struct AppState {
     pub tokens: ApiTokens,
     /// The configured external systems (empty when none are).
     pub systems: Arc<Vec<SystemConfig>>,
+    /// Their connectors by system name, for inward webhooks.
+    pub connectors: Arc<BTreeMap<String, Arc<dyn Connector>>>,
     /// Sync clients and their entity grants (`[[clients]]`).
     pub clients: Clients,
     pub live: LiveSettings,
@@ -77,10 +82,16 @@ impl AppState {
             store,
             tokens,
             systems: Arc::default(),
+            connectors: Arc::default(),
             clients: Clients::default(),
             live: LiveSettings::default(),
             shutdown: Arc::new(watch::channel(false).0),
         }
+    }
+
+    pub fn with_connectors(mut self, connectors: BTreeMap<String, Arc<dyn Connector>>) -> Self {
+        self.connectors = Arc::new(connectors);
+        self
     }
 
     pub fn with_systems(mut self, systems: Vec<SystemConfig>) -> Self {
@@ -136,6 +147,8 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(openapi::document))
+        // Outside the bearer-token layer: a webhook is authenticated by its signature.
+        .route("/webhooks/{system}", axum::routing::post(webhooks::receive))
         .fallback(ops::not_found)
         .layer(middleware::from_fn_with_state(state.clone(), record_request))
         .with_state(state)

@@ -208,7 +208,10 @@ async fn serve(args: ServeArgs, config: Config, ready: Option<tokio::sync::onesh
     let notify_task = store.spawn_listener();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut engine_tasks = engine.spawn(stopped);
-    let state = AppState::new(store.clone(), tokens).with_systems(systems).with_clients(clients);
+    let state = AppState::new(store.clone(), tokens)
+        .with_systems(systems)
+        .with_clients(clients)
+        .with_connectors(engine.connectors());
     let app = router(state.clone());
     if let Some(ready) = ready {
         let _ = ready.send(bound);

@@ -131,13 +131,19 @@ impl StripeConnector {
             payload,
         };
         let (row, inserted) = store.inbox_receive(&new).await?;
-        if row.outcome != InboxOutcome::Received {
-            return Ok((row.outcome, true));
-        }
-        if !store.inbox_claim(row.id, APPLY_LEASE_MS).await? {
-            return Ok((InboxOutcome::Received, !inserted));
-        }
-        let outcome = self.settle(store, &row, event).await?;
+        let outcome = if row.outcome != InboxOutcome::Received {
+            row.outcome
+        } else if !store.inbox_claim(row.id, APPLY_LEASE_MS).await? {
+            InboxOutcome::Received // another applier has it
+        } else {
+            self.settle(store, &row, event).await?
+        };
+        let counted = if inserted { outcome.as_str() } else { "duplicate" };
+        store.metrics().inc(
+            "syncflow_inbox_events_total",
+            &[("system", &self.system), ("source", source), ("outcome", counted)],
+            1.0,
+        );
         Ok((outcome, !inserted))
     }
 
@@ -550,8 +556,11 @@ impl StripeConnector {
                 .map_err(|f| InwardError::Remote(format!("listing events from {}: {f}", self.system)))?;
             let data = page["data"].as_array().cloned().unwrap_or_default();
             after = data.last().and_then(|e| e["id"].as_str()).map(str::to_string);
-            events.extend(data);
-            if page["has_more"] != true || after.is_none() {
+            // A server that ignores `created[gte]` and lists newest first has
+            // nothing newer past an event older than the cursor.
+            let older = data.iter().any(|e| e["created"].as_i64().is_some_and(|c| c < cursor));
+            events.extend(data.into_iter().filter(|e| e["created"].as_i64().is_some_and(|c| c >= cursor)));
+            if older || page["has_more"] != true || after.is_none() {
                 break;
             }
         }
