@@ -16,9 +16,11 @@ use serde_json::{json, Map, Value};
 use syncflow_connectors::signature;
 use syncflow_connectors::stripe::backfill::Direction;
 use syncflow_connectors::stripe::StripeConfig;
+use syncflow_connectors::{Connector, Outcome, PushRequest};
+use syncflow_core::{Change, Op};
 use syncflow_core::{CUSTOMER, INVOICE};
 use syncflow_engine::{Engine, SystemConfig};
-use syncflow_sandbox::Receiver;
+use syncflow_sandbox::{Receiver, StripeOptions, StripeSandbox};
 use syncflow_server::{router, ApiTokens, AppState};
 use syncflow_store::testing::TestStore;
 use syncflow_store::{backend_tests, DeliveryFilter, InboxEvent, InboxOutcome, Store};
@@ -238,6 +240,7 @@ backend_tests!(
     stale_and_same_second_events_do_not_overwrite,
     stripe_invoices_arrive_in_the_hub,
     backfill_links_imports_and_exports,
+    same_second_events_listed_newest_first_end_in_the_latest_state,
 );
 
 async fn hub_changes_reach_stripe_and_their_echoes_change_nothing(t: TestStore) {
@@ -593,4 +596,76 @@ async fn backfill_links_imports_and_exports(t: TestStore) {
     }
     let (_, all) = ls.get("/v1/customers?limit=100").await;
     assert_eq!(all["data"].as_array().unwrap().len(), 4);
+}
+
+// The in-repo sandbox covers what localstripe does not: idempotency keys, 429 with
+// Retry-After, and `/v1/events` listed newest first (as Stripe does).
+
+fn sandbox_connector(sandbox: &StripeSandbox) -> syncflow_connectors::stripe::StripeConnector {
+    let text = format!("api_base = \"{}\"\nsecret_key = \"{SECRET_KEY}\"\napi_rate_limit = 1000", sandbox.url());
+    toml::from_str::<StripeConfig>(&text).unwrap().build("stripe").unwrap()
+}
+
+fn customer_change(version: i64, name: &str) -> Change {
+    Change {
+        seq: version,
+        entity: "customer".into(),
+        record_id: "cust_01".into(),
+        op: Op::Upsert,
+        version,
+        origin: "api".into(),
+        snapshot: json!({"id": "cust_01", "object": "customer", "name": name, "email": null, "metadata": {}}),
+        created_at: "2026-01-01T00:00:00.000000Z".into(),
+    }
+}
+
+#[tokio::test]
+async fn a_retried_push_creates_one_customer_and_throttling_is_retried() {
+    let sandbox = StripeSandbox::start("127.0.0.1:0".parse().unwrap(), StripeOptions::default()).await.unwrap();
+    let stripe = sandbox_connector(&sandbox);
+    let change = customer_change(1, "Lu");
+    let req = PushRequest { delivery_id: 41, attempt: 1, change: &change, link: None };
+    // The same delivery pushed twice (a crash before its outcome was recorded).
+    let Outcome::Delivered { external_id: first, .. } = stripe.push(req).await else { panic!("delivered") };
+    let Outcome::Delivered { external_id: again, .. } = stripe.push(PushRequest { attempt: 2, ..req }).await else {
+        panic!("delivered")
+    };
+    assert_eq!(first, again, "the idempotency key replays the first create");
+    assert_eq!(sandbox.stats().customers, 1);
+
+    let throttled = StripeSandbox::start(
+        "127.0.0.1:0".parse().unwrap(),
+        StripeOptions { rate_limit: Some(1.0), ..StripeOptions::default() },
+    )
+    .await
+    .unwrap();
+    let stripe = sandbox_connector(&throttled);
+    let outcomes = [stripe.push(req).await, stripe.push(PushRequest { delivery_id: 42, ..req }).await];
+    let Outcome::Retry { http_status, retry_after, reason } = &outcomes[1] else { panic!("{outcomes:?}") };
+    assert_eq!((*http_status, retry_after.is_some()), (Some(429), true), "{reason}");
+}
+
+async fn same_second_events_listed_newest_first_end_in_the_latest_state(t: TestStore) {
+    let sandbox = StripeSandbox::start("127.0.0.1:0".parse().unwrap(), StripeOptions::default()).await.unwrap();
+    let stripe = sandbox_connector(&sandbox);
+    let s = &t.store;
+    stripe.poll_events(s).await.unwrap(); // sets the cursor
+    let http = reqwest::Client::new();
+    let post = |path: String, form: Vec<(&'static str, &'static str)>| {
+        let req = http.post(format!("{}{path}", sandbox.url())).bearer_auth(SECRET_KEY).form(&form);
+        async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let cus = post("/v1/customers".into(), vec![("name", "Mo 1")]).await;
+    let path = format!("/v1/customers/{}", cus["id"].as_str().unwrap());
+    post(path.clone(), vec![("name", "Mo 2")]).await;
+    post(path, vec![("name", "Mo 3")]).await;
+
+    let report = stripe.poll_events(s).await.unwrap();
+    assert_eq!(report.fetched, 3, "{report:?}");
+    let link = s.link_by_external_id("stripe", "customer", cus["id"].as_str().unwrap()).await.unwrap().unwrap();
+    assert_eq!(s.get(&CUSTOMER, &link.record_id).await.unwrap().unwrap().fields["name"], "Mo 3");
+    // A second poll reads the same second again and finds only known events.
+    let again = stripe.poll_events(s).await.unwrap();
+    assert_eq!(again.applied, 0, "{again:?}");
+    assert_eq!(s.get(&CUSTOMER, &link.record_id).await.unwrap().unwrap().fields["name"], "Mo 3");
 }
