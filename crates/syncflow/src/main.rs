@@ -1,6 +1,7 @@
 //! The `syncflow` binary: command-line parsing and wiring only. Behaviour lives in
 //! the library crates.
 
+mod backfill;
 mod config;
 mod demo;
 mod ops;
@@ -71,6 +72,21 @@ enum Command {
         #[arg(long, default_value = DEFAULT_LISTEN)]
         listen: String,
     },
+    /// Link or import the records a system already has, and push the hub's
+    /// records it lacks (resumable; rerun to continue after an interruption).
+    Backfill {
+        #[command(flatten)]
+        db: DbArgs,
+        /// The `[[systems]]` name to backfill (a `kind = "stripe"` system).
+        #[arg(long)]
+        system: String,
+        /// Which way: `import` (system → hub), `export` (hub → system) or `both`.
+        #[arg(long, value_enum, default_value_t = backfill::Way::Both)]
+        direction: backfill::Way,
+        /// Start from the beginning instead of where the last run stopped.
+        #[arg(long)]
+        restart: bool,
+    },
     /// Write a commented starter configuration file.
     Init {
         /// Where to write it.
@@ -139,6 +155,10 @@ fn main() -> Result<()> {
                         ops::deliveries(db.open(&config).await?, status, system, record, limit).await
                     }
                     Command::Replay { db, system } => ops::replay(db.open(&config).await?, &system).await,
+                    Command::Backfill { db, system, direction, restart } => {
+                        let store = db.open(&config).await?;
+                        backfill::run(store, &config, &system, direction, restart).await
+                    }
                     Command::Init { .. } => unreachable!("handled above"),
                 }
             })
