@@ -199,6 +199,20 @@ pub fn build() -> Value {
             "responses": {"200": ok("readings", json!({"type": "object", "properties": {
                 "data": {"type": "array", "items": reading}}}))}}}),
     );
+    paths.insert(
+        "/webhooks/{system}".into(),
+        json!({"post": {"tags": ["webhooks"], "security": [],
+            "summary": "Receive a signed event from an external system (Stripe: `Stripe-Signature`)",
+            "parameters": [{"name": "system", "in": "path", "required": true, "schema": {"type": "string"}}],
+            "responses": {
+                "200": ok("recorded in the inbox (and applied)", json!({"type": "object", "properties": {
+                    "event_id": {"type": "string"},
+                    "outcome": {"type": "string", "enum": ["received", "applied", "echo", "stale", "ignored", "rejected", "failed"]},
+                    "duplicate": {"type": "boolean"}}})),
+                "400": error_response("missing, malformed, wrong or expired signature, or not an event; nothing stored"),
+                "404": error_response("no such system, or it takes no webhooks"),
+                "503": error_response("could not be recorded; retry")}}}),
+    );
     for (path, summary) in
         [("/healthz", "Liveness"), ("/readyz", "Readiness: the database answers"), ("/metrics", "Prometheus metrics")]
     {
