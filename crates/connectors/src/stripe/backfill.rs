@@ -10,10 +10,10 @@
 use serde_json::{Map, Value};
 use syncflow_core::Record;
 use syncflow_core::CUSTOMER;
-use syncflow_store::{InwardOp, InwardWrite, LinkUpdate, ListQuery, Store, StoreError};
+use syncflow_store::{InwardOp, InwardWrite, ListQuery, Store, StoreError};
 
 use super::client::{idempotency_key, Form};
-use super::state::{hub_create_body, CustomerState, SyncSnapshot, FIELDS, SYNCFLOW_ID};
+use super::state::{hub_create_body, CustomerState, SyncSnapshot, SYNCFLOW_ID};
 use super::StripeConnector;
 
 const PAGE: usize = 100;
@@ -229,19 +229,10 @@ impl StripeConnector {
     }
 
     fn link_write(&self, external_id: &str, snap: &SyncSnapshot) -> InwardWrite {
-        InwardWrite {
-            system: self.system.clone(),
-            inbox: None,
-            link: Some(LinkUpdate {
-                external_id: external_id.to_string(),
-                synced_version: 0,
-                fingerprint: Some(snap.fingerprint()),
-                snapshot: Some(snap.to_text()),
-            }),
-        }
+        self.linking_write(None, external_id, snap.fingerprint(), snap.to_text())
     }
 }
 
 fn snapshot(stripe: Option<CustomerState>, hub: CustomerState, at: i64) -> SyncSnapshot {
-    SyncSnapshot { stripe, hub: Some(hub), at: FIELDS.iter().map(|f| (f.to_string(), at)).collect() }
+    SyncSnapshot { stripe, hub: Some(hub), at: SyncSnapshot::all_synced_at(at) }
 }

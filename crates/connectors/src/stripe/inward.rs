@@ -12,9 +12,7 @@
 use serde_json::{json, Map, Value};
 use syncflow_core::entity::INVOICE_STATUSES;
 use syncflow_core::{Entity, CUSTOMER, INVOICE};
-use syncflow_store::{
-    InboxEvent, InboxOutcome, InwardOp, InwardWrite, Link, LinkUpdate, NewInboxEvent, Store, StoreError,
-};
+use syncflow_store::{InboxEvent, InboxOutcome, InwardOp, InwardWrite, Link, NewInboxEvent, Store, StoreError};
 
 use super::state::{changed_fields, hub_create_body, hub_patch, CustomerState, SyncSnapshot, SYNCFLOW_ID};
 use super::StripeConnector;
@@ -255,7 +253,6 @@ impl StripeConnector {
             remarks.insert(0, "state equals what was last synced with Stripe".into());
             return self.finish(store, row, InboxOutcome::Echo, &remarks.join("; ")).await;
         }
-        let at_all = |t: i64| super::state::FIELDS.iter().map(|f| (f.to_string(), t)).collect();
 
         let Some(record) = record else {
             if seen.deleted {
@@ -268,7 +265,7 @@ impl StripeConnector {
             let snapshot = SyncSnapshot {
                 stripe: Some(state.clone()),
                 hub: Some(CustomerState::from_hub(&Value::Object(fields))),
-                at: at_all(seen.created),
+                at: SyncSnapshot::all_synced_at(seen.created),
             };
             let write = self.write(row, InboxOutcome::Applied, &remarks, external_id, &snapshot);
             let created = store.apply_inward(&CUSTOMER, InwardOp::Create(&body), &write).await?;
@@ -286,7 +283,8 @@ impl StripeConnector {
         }
         let hub_now = CustomerState::from_hub(&Value::Object(record.fields.clone()));
         if seen.deleted {
-            let snapshot = SyncSnapshot { stripe: None, hub: Some(hub_now), at: at_all(seen.created) };
+            let snapshot =
+                SyncSnapshot { stripe: None, hub: Some(hub_now), at: SyncSnapshot::all_synced_at(seen.created) };
             let write = self.write(row, InboxOutcome::Applied, &remarks, external_id, &snapshot);
             let op = InwardOp::Delete { id: &record.id, expected_version: Some(record.version) };
             store.apply_inward(&CUSTOMER, op, &write).await?;
@@ -380,7 +378,12 @@ impl StripeConnector {
                 return self.finish(store, row, InboxOutcome::Echo, "not in the hub (or already deleted)").await;
             };
             let snapshot = json!({"deleted": true}).to_string();
-            let write = self.invoice_write(row, external_id, "deleted".into(), snapshot);
+            let write = self.linking_write(
+                Some((row.id, InboxOutcome::Applied, None)),
+                external_id,
+                "deleted".into(),
+                snapshot,
+            );
             let op = InwardOp::Delete { id: &record.id, expected_version: Some(record.version) };
             store.apply_inward(&INVOICE, op, &write).await?;
             return Ok(InboxOutcome::Applied);
@@ -409,7 +412,7 @@ impl StripeConnector {
         if link.as_ref().and_then(|l| l.fingerprint.as_deref()) == Some(fingerprint.as_str()) {
             return self.finish(store, row, InboxOutcome::Echo, "state equals what was last synced").await;
         }
-        let write = self.invoice_write(row, external_id, fingerprint, snapshot);
+        let write = self.linking_write(Some((row.id, InboxOutcome::Applied, None)), external_id, fingerprint, snapshot);
         match record {
             None => store.apply_inward(&INVOICE, InwardOp::Create(&fields), &write).await?,
             Some(r) => {
@@ -453,29 +456,8 @@ impl StripeConnector {
         external_id: &str,
         snapshot: &SyncSnapshot,
     ) -> InwardWrite {
-        InwardWrite {
-            system: self.system.clone(),
-            inbox: Some((row.id, outcome, (!remarks.is_empty()).then(|| remarks.join("; ")))),
-            link: Some(LinkUpdate {
-                external_id: external_id.to_string(),
-                synced_version: 0, // replaced by the written version
-                fingerprint: Some(snapshot.fingerprint()),
-                snapshot: Some(snapshot.to_text()),
-            }),
-        }
-    }
-
-    fn invoice_write(&self, row: &InboxEvent, external_id: &str, fingerprint: String, snapshot: String) -> InwardWrite {
-        InwardWrite {
-            system: self.system.clone(),
-            inbox: Some((row.id, InboxOutcome::Applied, None)),
-            link: Some(LinkUpdate {
-                external_id: external_id.to_string(),
-                synced_version: 0,
-                fingerprint: Some(fingerprint),
-                snapshot: Some(snapshot),
-            }),
-        }
+        let remarks = (!remarks.is_empty()).then(|| remarks.join("; "));
+        self.linking_write(Some((row.id, outcome, remarks)), external_id, snapshot.fingerprint(), snapshot.to_text())
     }
 
     async fn finish(

@@ -21,7 +21,7 @@ mod tests;
 
 use std::time::Duration;
 
-use syncflow_store::Store;
+use syncflow_store::{InboxOutcome, InwardWrite, LinkUpdate, Store};
 
 pub use config::StripeConfig;
 pub use inward::StripeEvent;
@@ -68,6 +68,27 @@ impl StripeConnector {
 
     pub fn client(&self) -> &client::StripeClient {
         &self.client
+    }
+
+    /// A catalog write that links `external_id` (at the version it writes) with this
+    /// fingerprint and snapshot, and settles `inbox` when it comes from an event.
+    fn linking_write(
+        &self,
+        inbox: Option<(i64, InboxOutcome, Option<String>)>,
+        external_id: &str,
+        fingerprint: String,
+        snapshot: String,
+    ) -> InwardWrite {
+        InwardWrite {
+            system: self.system.clone(),
+            inbox,
+            link: Some(LinkUpdate {
+                external_id: external_id.to_string(),
+                synced_version: 0, // replaced by the written version
+                fingerprint: Some(fingerprint),
+                snapshot: Some(snapshot),
+            }),
+        }
     }
 
     /// Polls events once even when no `poll_interval` is configured (tests, the

@@ -9,7 +9,7 @@ use syncflow_core::Op;
 use syncflow_store::LinkUpdate;
 
 use super::client::{idempotency_key, Form};
-use super::state::{changed_fields, CustomerState, SyncSnapshot, FIELDS, SYNCFLOW_ID};
+use super::state::{changed_fields, CustomerState, SyncSnapshot, SYNCFLOW_ID};
 use super::StripeConnector;
 use crate::{Outcome, PushRequest};
 
@@ -41,11 +41,7 @@ impl StripeConnector {
                 Err(f) if f.is_not_found() => Some(404),
                 Err(f) => return f.outcome(&self.system),
             };
-            let snapshot = SyncSnapshot {
-                stripe: None,
-                hub: Some(hub_state),
-                at: FIELDS.iter().map(|f| (f.to_string(), now)).collect(),
-            };
+            let snapshot = SyncSnapshot { stripe: None, hub: Some(hub_state), at: SyncSnapshot::all_synced_at(now) };
             return delivered(status, external_id, synced_version, &snapshot);
         }
 
@@ -66,7 +62,7 @@ impl StripeConnector {
                     let snapshot = SyncSnapshot {
                         stripe: Some(CustomerState::from_stripe(&obj)),
                         hub: Some(hub_state),
-                        at: FIELDS.iter().map(|f| (f.to_string(), now)).collect(),
+                        at: SyncSnapshot::all_synced_at(now),
                     };
                     delivered(Some(200), id, synced_version, &snapshot)
                 }

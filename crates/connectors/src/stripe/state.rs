@@ -94,6 +94,11 @@ pub struct SyncSnapshot {
 }
 
 impl SyncSnapshot {
+    /// Every field marked as synced at `t` (a create, a delete, a first link).
+    pub fn all_synced_at(t: i64) -> BTreeMap<String, i64> {
+        FIELDS.iter().map(|f| (f.to_string(), t)).collect()
+    }
+
     pub fn parse(text: Option<&str>) -> SyncSnapshot {
         text.and_then(|t| serde_json::from_str(t).ok()).unwrap_or_default()
     }
