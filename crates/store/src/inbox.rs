@@ -141,15 +141,16 @@ where
 
 impl Store {
     /// Records an event unless its (system, event id) is already there, and returns
-    /// the row with `true` when this call inserted it. Once this returns, the event
+    /// the row with `true` when this call inserted it; the inserter holds the row's
+    /// apply lease for `lease_ms` (no separate claim). Once this returns, the event
     /// is durable and may be acknowledged.
-    pub async fn inbox_receive(&self, e: &NewInboxEvent) -> Result<(InboxEvent, bool)> {
+    pub async fn inbox_receive(&self, e: &NewInboxEvent, lease_ms: i64) -> Result<(InboxEvent, bool)> {
         let now = now_ms();
         on_write!(self, |pool, _d| {
-            let inserted = sqlx::query(
+            let id: Option<i64> = sqlx::query_scalar(
                 "INSERT INTO inbox (system, event_id, event_type, entity, external_id, event_created, source, \
-                 payload, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-                 ON CONFLICT (system, event_id) DO NOTHING",
+                 payload, lease_until, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 ON CONFLICT (system, event_id) DO NOTHING RETURNING id",
             )
             .bind(&e.system)
             .bind(&e.event_id)
@@ -159,17 +160,35 @@ impl Store {
             .bind(e.event_created)
             .bind(&e.source)
             .bind(&e.payload)
+            .bind(now + lease_ms)
             .bind(now)
-            .execute(pool)
-            .await?
-            .rows_affected()
-                == 1;
+            .fetch_optional(pool)
+            .await?;
+            if let Some(id) = id {
+                let row = InboxEvent {
+                    id,
+                    system: e.system.clone(),
+                    event_id: e.event_id.clone(),
+                    event_type: e.event_type.clone(),
+                    entity: e.entity.clone(),
+                    external_id: e.external_id.clone(),
+                    event_created: e.event_created,
+                    source: e.source.clone(),
+                    payload: e.payload.clone(),
+                    outcome: InboxOutcome::Received,
+                    record_id: None,
+                    remarks: None,
+                    received_at: now,
+                    settled_at: None,
+                };
+                return Ok((row, true));
+            }
             let row = sqlx::query(&format!("SELECT {INBOX_COLUMNS} FROM inbox WHERE system = $1 AND event_id = $2"))
                 .bind(&e.system)
                 .bind(&e.event_id)
                 .fetch_one(pool)
                 .await?;
-            Ok((decode(&row)?, inserted))
+            Ok((decode(&row)?, false))
         })
     }
 

@@ -39,14 +39,14 @@ backend_tests!(an_event_is_recorded_once_and_claimed_by_one, inward_writes_commi
 
 async fn an_event_is_recorded_once_and_claimed_by_one(t: TestStore) {
     let s = &t.store;
-    let (row, inserted) = s.inbox_receive(&event("evt_1", 100)).await.unwrap();
+    let (row, inserted) = s.inbox_receive(&event("evt_1", 100), 60_000).await.unwrap();
     assert!(inserted);
     assert_eq!(row.outcome, InboxOutcome::Received);
-    let (again, inserted) = s.inbox_receive(&event("evt_1", 100)).await.unwrap();
+    let (again, inserted) = s.inbox_receive(&event("evt_1", 100), 60_000).await.unwrap();
     assert!(!inserted, "the same event id is recorded once");
-    assert_eq!(again.id, row.id);
+    assert_eq!((again.id, again.event_type.as_str()), (row.id, "customer.updated"));
 
-    assert!(s.inbox_claim(row.id, 60_000).await.unwrap());
+    // The inserter holds the lease.
     assert!(!s.inbox_claim(row.id, 60_000).await.unwrap(), "a live lease keeps others out");
     assert!(s.inbox_unsettled("stripe", 10).await.unwrap().is_empty(), "leased rows are not up for recovery");
     s.inbox_settle(row.id, InboxOutcome::Echo, Some("cust_1"), Some("ours")).await.unwrap();
@@ -55,8 +55,7 @@ async fn an_event_is_recorded_once_and_claimed_by_one(t: TestStore) {
     assert_eq!(s.inbox_last_applied("stripe", "cus_1", row.id).await.unwrap(), None, "excludes the asking row");
 
     // A lease that ran out makes the row recoverable.
-    let (other, _) = s.inbox_receive(&event("evt_2", 90)).await.unwrap();
-    assert!(s.inbox_claim(other.id, -1).await.unwrap());
+    let (other, _) = s.inbox_receive(&event("evt_2", 90), -1).await.unwrap();
     let unsettled = s.inbox_unsettled("stripe", 10).await.unwrap();
     assert_eq!(unsettled.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>(), vec!["evt_2"]);
     assert!(s.inbox_claim(other.id, 60_000).await.unwrap());
@@ -68,7 +67,7 @@ async fn an_event_is_recorded_once_and_claimed_by_one(t: TestStore) {
 async fn inward_writes_commit_with_link_and_outcome_or_not_at_all(t: TestStore) {
     let s = &t.store;
     let taken = s.create(&CUSTOMER, &obj(json!({"name": "Ada"})), "api").await.unwrap();
-    let (row, _) = s.inbox_receive(&event("evt_1", 100)).await.unwrap();
+    let (row, _) = s.inbox_receive(&event("evt_1", 100), 0).await.unwrap();
     s.apply_inward(
         &CUSTOMER,
         InwardOp::Update { id: &taken.id, patch: &Map::new(), expected_version: None },
@@ -81,7 +80,7 @@ async fn inward_writes_commit_with_link_and_outcome_or_not_at_all(t: TestStore) 
     assert_eq!(s.changes_after(0, 10).await.unwrap().len(), 1, "…and writes no change");
 
     // `cus_1` is linked already: the create fails and leaves no record, change or outcome.
-    let (row2, _) = s.inbox_receive(&event("evt_2", 101)).await.unwrap();
+    let (row2, _) = s.inbox_receive(&event("evt_2", 101), 0).await.unwrap();
     let body = obj(json!({"name": "Bo"}));
     assert!(s.apply_inward(&CUSTOMER, InwardOp::Create(&body), &write(row2.id, "cus_1")).await.is_err());
     assert_eq!(s.count(&CUSTOMER).await.unwrap(), 1);
@@ -97,7 +96,7 @@ async fn inward_writes_commit_with_link_and_outcome_or_not_at_all(t: TestStore) 
     assert_eq!(s.link_by_external_id("stripe", "customer", "cus_2").await.unwrap().unwrap().record_id, created.id);
 
     // A stale version is refused, and settles nothing.
-    let (row3, _) = s.inbox_receive(&event("evt_3", 102)).await.unwrap();
+    let (row3, _) = s.inbox_receive(&event("evt_3", 102), 0).await.unwrap();
     let patch = obj(json!({"name": "Bo B."}));
     let op = InwardOp::Update { id: &created.id, patch: &patch, expected_version: Some(0) };
     assert!(s.apply_inward(&CUSTOMER, op, &write(row3.id, "cus_2")).await.is_err());

@@ -53,6 +53,11 @@ pub struct StripeClient {
     interval: Duration,
 }
 
+/// Requests are spaced for this fraction of the configured rate: spacing at
+/// exactly the limit lets network jitter put one request too many into the
+/// server's one-second window (a 429, and a pause for `Retry-After`).
+const PACING_MARGIN: f64 = 0.97;
+
 /// Form body as ordered pairs, e.g. `("metadata[syncflow_id]", "cust_…")`.
 pub type Form = Vec<(String, String)>;
 
@@ -75,7 +80,7 @@ impl StripeClient {
             secret_key,
             http,
             next_slot: tokio::sync::Mutex::new(Instant::now()),
-            interval: Duration::from_secs_f64(1.0 / rate),
+            interval: Duration::from_secs_f64(1.0 / (rate * PACING_MARGIN)),
         })
     }
 

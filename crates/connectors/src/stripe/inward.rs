@@ -128,10 +128,10 @@ impl StripeConnector {
             source: source.to_string(),
             payload,
         };
-        let (row, inserted) = store.inbox_receive(&new).await?;
+        let (row, inserted) = store.inbox_receive(&new, APPLY_LEASE_MS).await?;
         let outcome = if row.outcome != InboxOutcome::Received {
             row.outcome
-        } else if !store.inbox_claim(row.id, APPLY_LEASE_MS).await? {
+        } else if !inserted && !store.inbox_claim(row.id, APPLY_LEASE_MS).await? {
             InboxOutcome::Received // another applier has it
         } else {
             self.settle(store, &row, event).await?
@@ -147,10 +147,11 @@ impl StripeConnector {
 
     /// Applies a claimed inbox row and records its outcome.
     async fn settle(&self, store: &Store, row: &InboxEvent, event: &StripeEvent) -> Result<InboxOutcome, InwardError> {
-        // One apply at a time per connector: events of one object must not race
-        // each other's staleness and merge decisions. Other nodes are fenced by
-        // the inbox lease and the record's version check.
-        let _turn = self.apply_lock.lock().await;
+        // One apply at a time per object: events of one customer must not race each
+        // other's staleness and merge decisions (different objects go in
+        // parallel). Other nodes are fenced by the inbox lease and the record's
+        // version check.
+        let _turn = self.apply_turn(event.object_id().unwrap_or_default()).await;
         let Some(entity) = event.entity() else {
             let remarks = format!("{} events are not applied", event.kind);
             store.inbox_settle(row.id, InboxOutcome::Ignored, None, Some(&remarks)).await?;

@@ -39,8 +39,12 @@ pub struct StripeConnector {
     tolerance: Duration,
     poll_interval: Option<Duration>,
     rate: f64,
-    apply_lock: tokio::sync::Mutex<()>,
+    /// Striped by object id: applies of one object take turns.
+    apply_locks: Vec<tokio::sync::Mutex<()>>,
 }
+
+/// Stripes of `apply_locks`: enough that unrelated objects rarely wait.
+const APPLY_STRIPES: usize = 64;
 
 impl StripeConnector {
     fn new(
@@ -58,7 +62,7 @@ impl StripeConnector {
             tolerance,
             poll_interval,
             rate,
-            apply_lock: tokio::sync::Mutex::new(()),
+            apply_locks: (0..APPLY_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         }
     }
 
@@ -68,6 +72,13 @@ impl StripeConnector {
 
     pub fn client(&self) -> &client::StripeClient {
         &self.client
+    }
+
+    /// Waits for this object's turn to apply an event.
+    async fn apply_turn(&self, object_id: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let stripe = BuildHasherDefault::<DefaultHasher>::default().hash_one(object_id) as usize % APPLY_STRIPES;
+        self.apply_locks[stripe].lock().await
     }
 
     /// A catalog write that links `external_id` (at the version it writes) with this
