@@ -33,11 +33,11 @@ pub use deliveries::{
     now_ms, Claimed, Delivery, DeliveryFilter, Finish, Link, LinkUpdate, QueueStats, Route, Status as DeliveryStatus,
 };
 pub use dialect::Dialect;
+pub use inbox::{InboxEvent, InboxOutcome, InwardWrite, NewInboxEvent};
 pub use sync::{
     client_writer, ChangePage, ItemConflict, ItemError, ItemOutcome, ItemStatus, LosingSide, PullPage, PulledRecord,
     SyncBatch, SyncItem, Winner,
 };
-pub use inbox::{InboxEvent, InboxOutcome, InwardWrite, NewInboxEvent};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
