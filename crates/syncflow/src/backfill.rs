@@ -44,7 +44,10 @@ pub async fn run(store: Store, config: &Config, system: &str, way: Way, restart:
         }
         let started = Instant::now();
         let mut line = ProgressLine::new(label);
-        let result = stripe.backfill(&store, *direction, |p| line.update(p)).await;
+        let result = stripe.backfill(&store, *direction, |p| line.update(p, false)).await;
+        if let Ok(p) = &result {
+            line.update(p, true); // the final state, whatever the redraw rate skipped
+        }
         line.finish();
         let p = result.with_context(|| format!("backfill {label} stopped; rerun to continue from where it was"))?;
         println!(
@@ -74,8 +77,8 @@ impl ProgressLine {
         Self { label, tty: std::io::stderr().is_terminal(), last: None, drawn: false }
     }
 
-    fn update(&mut self, p: &Progress) {
-        if !self.tty || self.last.is_some_and(|t| t.elapsed() < Duration::from_millis(100)) {
+    fn update(&mut self, p: &Progress, last: bool) {
+        if !self.tty || (!last && self.last.is_some_and(|t| t.elapsed() < Duration::from_millis(100))) {
             return;
         }
         self.last = Some(Instant::now());
