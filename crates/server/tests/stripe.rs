@@ -645,6 +645,26 @@ async fn a_retried_push_creates_one_customer_and_throttling_is_retried() {
     assert_eq!((*http_status, retry_after.is_some()), (Some(429), true), "{reason}");
 }
 
+#[tokio::test]
+async fn an_older_upsert_does_not_bring_back_a_customer_deleted_in_stripe() {
+    let sandbox = StripeSandbox::start("127.0.0.1:0".parse().unwrap(), StripeOptions::default()).await.unwrap();
+    let stripe = sandbox_connector(&sandbox);
+    let change = customer_change(2, "Lu");
+    let link = syncflow_store::Link {
+        entity: "customer".into(),
+        record_id: "cust_01".into(),
+        system: "stripe".into(),
+        external_id: "cus_gone".into(),
+        synced_version: Some(3),
+        fingerprint: Some("deleted".into()),
+        snapshot: Some(r#"{"stripe":null,"hub":{"name":"Lu","email":null,"metadata":{}},"at":{}}"#.into()),
+        updated_at: 0,
+    };
+    let outcome = stripe.push(PushRequest { delivery_id: 7, attempt: 1, change: &change, link: Some(&link) }).await;
+    assert!(matches!(outcome, Outcome::Delivered { http_status: None, .. }), "{outcome:?}");
+    assert_eq!(sandbox.stats().requests, 0, "no call, no new customer");
+}
+
 async fn same_second_events_listed_newest_first_end_in_the_latest_state(t: TestStore) {
     let sandbox = StripeSandbox::start("127.0.0.1:0".parse().unwrap(), StripeOptions::default()).await.unwrap();
     let stripe = sandbox_connector(&sandbox);

@@ -14,7 +14,7 @@ use syncflow_core::entity::INVOICE_STATUSES;
 use syncflow_core::{Entity, CUSTOMER, INVOICE};
 use syncflow_store::{InboxEvent, InboxOutcome, InwardOp, InwardWrite, Link, NewInboxEvent, Store, StoreError};
 
-use super::state::{changed_fields, hub_create_body, hub_patch, CustomerState, SyncSnapshot, SYNCFLOW_ID};
+use super::state::{changed_fields, hub_create_body, hub_patch, CustomerState, SyncSnapshot, DELETED, SYNCFLOW_ID};
 use super::StripeConnector;
 use crate::{signature, InwardError, PollReport, WebhookError, WebhookReceipt};
 
@@ -249,7 +249,7 @@ impl StripeConnector {
             remarks.push("order uncertain: applied the customer as re-fetched from Stripe".into());
         }
         let state = CustomerState::from_stripe(&seen.object);
-        let fingerprint = if seen.deleted { "deleted".to_string() } else { state.fingerprint() };
+        let fingerprint = if seen.deleted { DELETED.to_string() } else { state.fingerprint() };
         if link.as_ref().and_then(|l| l.fingerprint.as_deref()) == Some(fingerprint.as_str()) {
             remarks.insert(0, "state equals what was last synced with Stripe".into());
             return self.finish(store, row, InboxOutcome::Echo, &remarks.join("; ")).await;
@@ -379,12 +379,8 @@ impl StripeConnector {
                 return self.finish(store, row, InboxOutcome::Echo, "not in the hub (or already deleted)").await;
             };
             let snapshot = json!({"deleted": true}).to_string();
-            let write = self.linking_write(
-                Some((row.id, InboxOutcome::Applied, None)),
-                external_id,
-                "deleted".into(),
-                snapshot,
-            );
+            let write =
+                self.linking_write(Some((row.id, InboxOutcome::Applied, None)), external_id, DELETED.into(), snapshot);
             let op = InwardOp::Delete { id: &record.id, expected_version: Some(record.version) };
             store.apply_inward(&INVOICE, op, &write).await?;
             return Ok(InboxOutcome::Applied);

@@ -9,7 +9,7 @@ use syncflow_core::Op;
 use syncflow_store::LinkUpdate;
 
 use super::client::{idempotency_key, Form};
-use super::state::{changed_fields, CustomerState, SyncSnapshot, SYNCFLOW_ID};
+use super::state::{changed_fields, CustomerState, SyncSnapshot, DELETED, SYNCFLOW_ID};
 use super::StripeConnector;
 use crate::{Outcome, PushRequest};
 
@@ -29,6 +29,17 @@ impl StripeConnector {
         let synced_version = change.version.max(link_version);
         let now = chrono::Utc::now().timestamp();
         let existing = link.filter(|_| snap.stripe.is_some()).map(|l| l.external_id.as_str());
+        let deleted_in_stripe = link.and_then(|l| l.fingerprint.as_deref()) == Some(DELETED);
+        if deleted_in_stripe && change.op == Op::Upsert {
+            // The customer was deleted (in Stripe, or by an earlier delivery) after
+            // this change was made: the hub record is a tombstone by now, and an
+            // older upsert must not bring the customer back.
+            return Outcome::Delivered {
+                http_status: None,
+                external_id: link.map(|l| l.external_id.clone()),
+                link: None,
+            };
+        }
 
         if change.op == Op::Delete {
             let Some(external_id) = link.map(|l| l.external_id.as_str()) else {

@@ -11,6 +11,9 @@ use sha2::{Digest, Sha256};
 /// The metadata key holding the hub id on Stripe objects.
 pub const SYNCFLOW_ID: &str = "syncflow_id";
 
+/// The link fingerprint of a customer deleted on the Stripe side.
+pub const DELETED: &str = "deleted";
+
 /// The synced fields of a customer. Stripe's other fields are not ours to mirror.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CustomerState {
@@ -109,7 +112,7 @@ impl SyncSnapshot {
 
     /// The link fingerprint: of Stripe's state, or `deleted`.
     pub fn fingerprint(&self) -> String {
-        self.stripe.as_ref().map_or_else(|| "deleted".to_string(), CustomerState::fingerprint)
+        self.stripe.as_ref().map_or_else(|| DELETED.to_string(), CustomerState::fingerprint)
     }
 }
 
