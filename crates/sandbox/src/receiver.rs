@@ -63,6 +63,11 @@ struct Inner {
     max_in_flight_per_record: usize,
     /// Fraction of requests answered 500 (after the script).
     error_rate: f64,
+    /// Requests per second before answering 429 with `Retry-After`; `None` = unlimited.
+    rate_limit: Option<f64>,
+    window: Option<(Instant, f64)>,
+    /// Until when every request is answered 503.
+    outage_until: Option<Instant>,
     /// Benchmarks turn this off to keep memory flat; counts are kept either way.
     drop_bodies: bool,
     applied_count: usize,
@@ -111,6 +116,16 @@ impl Receiver {
     /// Sets the reply used when the script is empty (`None` = 200 OK).
     pub fn set_fallback(&self, reply: Option<Reply>) {
         self.lock().fallback = reply;
+    }
+
+    /// Answers 429 (with `Retry-After`) past `per_second` requests in a second.
+    pub fn set_rate_limit(&self, per_second: Option<f64>) {
+        self.lock().rate_limit = per_second;
+    }
+
+    /// Answers every request with 503 for `d` (an outage window).
+    pub fn outage(&self, d: Duration) {
+        self.lock().outage_until = Some(Instant::now() + d);
     }
 
     /// Whether to keep request bodies (`received`, `applied`); counts are kept anyway.
@@ -181,8 +196,21 @@ async fn handle(State(r): State<Receiver>, uri: axum::http::Uri, headers: Header
     if let Some(n) = inner.in_flight.get_mut(&record) {
         *n -= 1;
     }
+    let throttled = inner.rate_limit.is_some_and(|limit| {
+        let (start, count) = inner.window.get_or_insert((at, 0.0));
+        if at.duration_since(*start) >= Duration::from_secs(1) {
+            *start = at;
+            *count = 0.0;
+        }
+        *count += 1.0;
+        *count > limit
+    });
     let reply = if signature_ok == Some(false) {
         Reply::error(400, "bad signature")
+    } else if inner.outage_until.is_some_and(|t| at < t) {
+        Reply::error(503, "sandbox outage")
+    } else if throttled {
+        Reply::too_many(1)
     } else {
         match inner.script.pop_front() {
             Some(r) => r,

@@ -204,7 +204,14 @@ impl StripeSandbox {
         if d.outage_until.is_some_and(|t| Instant::now() < t) {
             return Err(stripe_error(StatusCode::SERVICE_UNAVAILABLE, "api_error", "sandbox outage"));
         }
-        let key = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        // Stripe takes the key as a bearer token or as the basic-auth user (`curl -u sk_…:`).
+        let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+        let key = match (auth.strip_prefix("Bearer "), auth.strip_prefix("Basic ")) {
+            (Some(k), _) => Some(k.to_string()),
+            (_, Some(b64)) => base64_decode(b64.trim())
+                .and_then(|raw| String::from_utf8(raw).ok().map(|s| s.split(':').next().unwrap_or("").to_string())),
+            _ => None,
+        };
         if !key.is_some_and(|k| k.starts_with("sk_")) {
             return Err(stripe_error(StatusCode::UNAUTHORIZED, "invalid_request_error", "Invalid API Key provided"));
         }
@@ -270,6 +277,30 @@ impl StripeSandbox {
         }
         (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), Json(body)).into_response()
     }
+}
+
+/// Standard base64 (for basic auth), `None` when malformed.
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in text.bytes().filter(|c| *c != b'=') {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
 }
 
 fn rand_fraction() -> f64 {

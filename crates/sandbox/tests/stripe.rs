@@ -136,6 +136,11 @@ async fn requests_need_a_secret_key_and_outages_answer_503() {
     let (s, c) = sandbox(StripeOptions::default()).await;
     let r = c.post(format!("{}/v1/customers", s.url())).form(&[("name", "x")]).send().await.unwrap();
     assert_eq!(r.status(), 401);
+    // `curl -u sk_test_…:` (basic auth with the key as user) works as in Stripe.
+    let r = c.get(format!("{}/v1/customers", s.url())).basic_auth("sk_test_basic", Some("")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c.get(format!("{}/v1/customers", s.url())).basic_auth("pk_test_wrong", Some("")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
     let r = post(&c, format!("{}/v1/customers", s.url())).form(&[("colour", "red")]).send().await.unwrap();
     assert_eq!(r.status(), 400);
     s.outage(Duration::from_secs(60));

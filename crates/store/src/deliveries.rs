@@ -351,9 +351,12 @@ impl Store {
         on_write!(self, |pool, d| {
             let mut tx = pool.begin().await?;
             let skip_locked = if d == Dialect::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
+            // The first status term repeats the predicate of the partial index
+            // `deliveries_unfinished` (migration 5) so both planners use it: the scan then
+            // walks unfinished rows in change order and stops after `limit`.
             let heads = sqlx::query(&format!(
                 "SELECT {DELIVERY_COLUMNS}, ordering_key FROM deliveries d
-                 WHERE d.system = $1
+                 WHERE d.system = $1 AND d.status IN ('pending', 'retrying', 'in_flight')
                    AND ((d.status IN ('pending', 'retrying') AND d.next_attempt_at <= $2)
                         OR (d.status = 'in_flight' AND d.lease_until < $2))
                    AND NOT EXISTS (SELECT 1 FROM deliveries e

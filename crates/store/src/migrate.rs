@@ -22,6 +22,7 @@ const SQLITE: &[Migration] = migrations!("sqlite":
     2 "delivery" "0002_delivery.sql",
     3 "client_sync" "0003_client_sync.sql",
     4 "inbox" "0004_inbox.sql",
+    5 "delivery_queue_index" "0005_delivery_queue_index.sql",
 );
 
 const POSTGRES: &[Migration] = migrations!("postgres":
@@ -29,6 +30,7 @@ const POSTGRES: &[Migration] = migrations!("postgres":
     2 "delivery" "0002_delivery.sql",
     3 "client_sync" "0003_client_sync.sql",
     4 "inbox" "0004_inbox.sql",
+    5 "delivery_queue_index" "0005_delivery_queue_index.sql",
 );
 
 /// Arbitrary constant naming syncflow's migration lock.
