@@ -303,6 +303,14 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Stripe's 404 for an unknown (or deleted) customer.
+fn missing_customer(id: &str) -> (u16, Value) {
+    (
+        404,
+        json!({"error": {"type": "invalid_request_error", "code": "resource_missing", "message": format!("No such customer: '{id}'")}}),
+    )
+}
+
 fn rand_fraction() -> f64 {
     rand::random::<f64>()
 }
@@ -373,7 +381,7 @@ async fn update_customer(
     let path = format!("/v1/customers/{id}");
     s.idempotent(&headers, &method, &path, &params, |d| {
         let Some(mut customer) = d.customers.get(&id).filter(|c| c["deleted"] != true).cloned() else {
-            return (404, json!({"error": {"type": "invalid_request_error", "code": "resource_missing", "message": format!("No such customer: '{id}'")}}));
+            return missing_customer(&id);
         };
         match apply_params(&mut customer, &params) {
             Err(e) => (400, json!({"error": {"type": "invalid_request_error", "message": e}})),
@@ -402,7 +410,7 @@ async fn delete_customer(
     let path = format!("/v1/customers/{id}");
     s.idempotent(&headers, &method, &path, &[], |d| {
         let Some(customer) = d.customers.get(&id).filter(|c| c["deleted"] != true).cloned() else {
-            return (404, json!({"error": {"type": "invalid_request_error", "code": "resource_missing", "message": format!("No such customer: '{id}'")}}));
+            return missing_customer(&id);
         };
         d.customers.insert(id.clone(), json!({"id": id, "object": "customer", "deleted": true}));
         sandbox.emit(d, "customer.deleted", customer, None);
@@ -416,7 +424,10 @@ async fn get_customer(State(s): State<StripeSandbox>, Path(id): Path<String>, he
     }
     match s.lock().customers.get(&id) {
         Some(c) => Json(c.clone()).into_response(),
-        None => stripe_error(StatusCode::NOT_FOUND, "invalid_request_error", &format!("No such customer: '{id}'")),
+        None => {
+            let (status, body) = missing_customer(&id);
+            (StatusCode::from_u16(status).unwrap_or(StatusCode::NOT_FOUND), Json(body)).into_response()
+        }
     }
 }
 

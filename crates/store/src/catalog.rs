@@ -118,8 +118,8 @@ macro_rules! bind_record {
     }};
 }
 
-/// Appends the change row for `record` and, on PostgreSQL, wakes other nodes.
-macro_rules! append_change {
+/// Appends the change row for `record` (no wake-up: batches notify once at the end).
+macro_rules! append_change_quiet {
     ($tx:expr, $d:expr, $record:expr, $op:expr, $origin:expr) => {{
         let r: &Record = $record;
         let sql = change_insert_sql($d);
@@ -133,7 +133,15 @@ macro_rules! append_change {
             .bind(r.updated_at.clone())
             .execute(&mut *$tx)
             .await?;
+    }};
+}
+
+/// Appends the change row for `record` and, on PostgreSQL, wakes other nodes.
+macro_rules! append_change {
+    ($tx:expr, $d:expr, $record:expr, $op:expr, $origin:expr) => {{
+        append_change_quiet!($tx, $d, $record, $op, $origin);
         if $d == Dialect::Postgres {
+            let r: &Record = $record;
             sqlx::query("SELECT pg_notify('syncflow_changes', $1)").bind(r.entity.name).execute(&mut *$tx).await?;
         }
     }};
@@ -243,7 +251,7 @@ macro_rules! check_natural_key {
     }};
 }
 
-pub(crate) use {bind_record, mark_writer, natural_key_owner};
+pub(crate) use {append_change_quiet, bind_record, mark_writer, natural_key_owner};
 
 /// The error for a natural key already held by live record `other`.
 pub(crate) fn natural_key_taken(entity: &Entity, other: &str) -> StoreError {

@@ -17,8 +17,8 @@ use syncflow_core::{id::new_id, now_timestamp, Change, Entity, Op, Record};
 use syncflow_core::Storage;
 
 use crate::catalog::{
-    bind_record, change_insert_sql, decode_record, insert_sql, mark_writer, natural_key_owner, select_list,
-    select_one_sql, update_sql,
+    append_change_quiet, bind_record, change_insert_sql, decode_record, insert_sql, mark_writer, natural_key_owner,
+    select_list, select_one_sql, update_sql,
 };
 use crate::changes::{change_columns, decode_change};
 use crate::dialect::{Col, Dialect};
@@ -227,24 +227,6 @@ macro_rules! save_clock {
         .bind(clock.writer.clone())
         .execute(&mut *$tx)
         .await?;
-    }};
-}
-
-/// Appends the change row for `$record`. Unlike the catalog's `append_change!` it
-/// does not notify per change: a batch notifies once, before it commits.
-macro_rules! append_change_quiet {
-    ($tx:expr, $d:expr, $record:expr, $op:expr, $origin:expr) => {{
-        let r: &Record = $record;
-        sqlx::query(&change_insert_sql($d))
-            .bind(r.entity.name)
-            .bind(r.id.clone())
-            .bind($op.as_str())
-            .bind(r.version)
-            .bind($origin.to_string())
-            .bind(r.to_json().to_string())
-            .bind(r.updated_at.clone())
-            .execute(&mut *$tx)
-            .await?;
     }};
 }
 
