@@ -70,6 +70,25 @@ async fn create_customers(hub: &Hub, n: usize, concurrency: usize) -> Result<Dur
     Ok(started.elapsed())
 }
 
+/// Creates `n` customers at a steady 200 per second (one every 5 ms, each request
+/// in its own task so a slow answer does not delay the schedule).
+async fn create_at_200_per_s(hub: &Hub, n: usize, prefix: &str) -> Result<()> {
+    let mut ticker = tokio::time::interval(Duration::from_millis(5));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        ticker.tick().await;
+        let client = hub.client.clone();
+        let url = hub.url("/v1/customers");
+        let name = format!("{prefix}{i}");
+        tasks.spawn(async move { client.post(&url).json(&json!({"name": name})).send().await.map(|_| ()) });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(())
+}
+
 async fn wait_applied(receiver: &Receiver, n: usize, limit: Duration) -> Result<()> {
     let deadline = Instant::now() + limit;
     while receiver.applied_count() < n {
@@ -111,18 +130,7 @@ async fn latency(env: Env, quick: bool) -> Result<Row> {
     let n = 200 * seconds;
     let receiver = Receiver::start(None, Duration::ZERO).await;
     let hub = env.start(&http_system("sink", &receiver, "concurrency = 64"))?;
-    let mut ticker = tokio::time::interval(Duration::from_millis(5));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..n {
-        ticker.tick().await;
-        let client = hub.client.clone();
-        let url = hub.url("/v1/customers");
-        tasks.spawn(async move { client.post(&url).json(&json!({"name": format!("L{i}")})).send().await.map(|_| ()) });
-    }
-    while let Some(r) = tasks.join_next().await {
-        r??;
-    }
+    create_at_200_per_s(&hub, n, "L").await?;
     wait_applied(&receiver, n, Duration::from_secs(120)).await?;
     let mut lat: Vec<f64> = receiver
         .received_log()
@@ -312,18 +320,7 @@ async fn sse_latency(env: Env, quick: bool) -> Result<Row> {
         }
         Ok::<_, anyhow::Error>(lat)
     });
-    let mut ticker = tokio::time::interval(Duration::from_millis(5));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..n {
-        ticker.tick().await;
-        let client = hub.client.clone();
-        let url = hub.url("/v1/customers");
-        tasks.spawn(async move { client.post(&url).json(&json!({"name": format!("S{i}")})).send().await.map(|_| ()) });
-    }
-    while let Some(r) = tasks.join_next().await {
-        r??;
-    }
+    create_at_200_per_s(&hub, n, "S").await?;
     let mut lat = reader.await??;
     lat.sort_by(|a, b| a.total_cmp(b));
     let (p50, p99, max) = (percentile(&lat, 50.0), percentile(&lat, 99.0), lat.last().copied().unwrap_or(f64::NAN));

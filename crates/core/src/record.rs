@@ -18,6 +18,20 @@ pub struct Record {
 }
 
 impl Record {
+    /// A new record at version 1 with a fresh hub id, created now.
+    pub fn new(entity: &'static Entity, fields: Map<String, Value>) -> Record {
+        let now = now_timestamp();
+        Record {
+            entity,
+            id: crate::id::new_id(entity.id_prefix),
+            version: 1,
+            created_at: now.clone(),
+            updated_at: now,
+            deleted_at: None,
+            fields,
+        }
+    }
+
     /// The JSON shape used by the API and by change snapshots (one shape for both,
     /// so a consumer of the change log can treat a snapshot like an API response).
     pub fn to_json(&self) -> Value {

@@ -5,7 +5,7 @@
 use serde_json::{Map, Value};
 use sqlx::{ColumnIndex, Decode, Row, Type};
 use syncflow_core::entity::{Entity, FieldType, Storage};
-use syncflow_core::{id::new_id, now_timestamp, FieldError, Op, Record};
+use syncflow_core::{now_timestamp, FieldError, Op, Record};
 
 use crate::dialect::{Col, Dialect};
 use crate::inbox::InwardWrite;
@@ -298,16 +298,7 @@ impl Store {
         inward: Option<&InwardWrite>,
     ) -> Result<Record> {
         let fields = entity.validate_create(body).map_err(StoreError::Invalid)?;
-        let now = now_timestamp();
-        let record = Record {
-            entity,
-            id: new_id(entity.id_prefix),
-            version: 1,
-            created_at: now.clone(),
-            updated_at: now,
-            deleted_at: None,
-            fields,
-        };
+        let record = Record::new(entity, fields);
         on_write!(self, |pool, d| {
             let mut tx = pool.begin().await?;
             mark_writer!(tx, d);

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value};
 use syncflow_core::clock::{Clock, ConflictPolicy, HUB_WRITER};
-use syncflow_core::{id::new_id, now_timestamp, Change, Entity, Op, Record};
+use syncflow_core::{now_timestamp, Change, Entity, Op, Record};
 
 use syncflow_core::Storage;
 
@@ -466,16 +466,7 @@ impl Store {
                     }
                     None => {
                         // Create.
-                        let now = now_timestamp();
-                        let record = Record {
-                            entity,
-                            id: new_id(entity.id_prefix),
-                            version: 1,
-                            created_at: now.clone(),
-                            updated_at: now,
-                            deleted_at: None,
-                            fields: new_fields.unwrap_or_default(),
-                        };
+                        let record = Record::new(entity, new_fields.unwrap_or_default());
                         let sql = insert_sql(entity, d);
                         bind_record!(sqlx::query(&sql), &record).execute(&mut *tx).await?;
                         append_change_quiet!(tx, d, &record, Op::Upsert, writer);
