@@ -1,11 +1,14 @@
-//! Connectors: one module per kind of external system, behind one trait.
+//! Connectors: one module per kind of external system, behind a narrow trait set.
+//! Connectors translate; the engine decides.
 //!
 //! A system's `[[systems]]` block is split by the engine into common settings and
 //! the connector's own table; `build` hands that table to the connector's config,
 //! which builds the connector (the config-builds-component shape). Whether a failure
 //! is worth retrying is decided in one place, `retry`. A kind that also receives
-//! changes (webhooks, polling) exposes an `Inward` side; the engine and server
-//! call it without knowing the kind.
+//! changes (webhooks, polling) exposes an `Inward` side: verify and parse, list
+//! events after a cursor, fetch one object, map external objects to hub fields.
+//! Everything that keeps the two-way invariants (inbox, echo, staleness, merge,
+//! conflicts, cursors) is the engine's (`syncflow_engine::inward`), written once.
 
 pub mod http;
 pub mod retry;
@@ -15,12 +18,14 @@ pub mod stripe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use syncflow_core::Change;
-use syncflow_store::{InboxOutcome, Link, LinkUpdate, Store, StoreError};
+use serde_json::{Map, Value};
+use syncflow_core::sync::{Fields, Link, LinkUpdate};
+use syncflow_core::{Change, Entity};
 
 /// One push of a change to a system.
 #[derive(Debug, Clone, Copy)]
 pub struct PushRequest<'a> {
+    /// 0 for a push that is not a queued delivery (backfill export).
     pub delivery_id: i64,
     pub attempt: i64,
     pub change: &'a Change,
@@ -43,6 +48,21 @@ pub trait Connector: Send + Sync + 'static {
     /// same delivery: a push may be repeated after a crash.
     async fn push(&self, req: PushRequest<'_>) -> Outcome;
 
+    /// Most deliveries `push_batch` takes in one call (1: no batching).
+    fn max_batch(&self) -> usize {
+        1
+    }
+
+    /// Pushes several deliveries (of distinct records) and returns one outcome per
+    /// request, in order. Kinds with a bulk API override it.
+    async fn push_batch(&self, reqs: &[PushRequest<'_>]) -> Vec<Outcome> {
+        let mut out = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            out.push(self.push(*req).await);
+        }
+        out
+    }
+
     /// The inward side (signed webhooks, polling), for kinds that have one.
     fn inward(&self) -> Option<&dyn Inward> {
         None
@@ -53,51 +73,137 @@ pub trait Connector: Send + Sync + 'static {
     fn default_rate_limit(&self) -> Option<f64> {
         None
     }
+
+    /// The longest one push may take (the request timeout); a delivery lease must
+    /// be longer.
+    fn push_timeout(&self) -> Option<Duration> {
+        None
+    }
 }
 
-/// Changes arriving from a system: webhooks it sends and events we poll.
-///
-/// Invariants an implementation keeps: a webhook with a missing, malformed, wrong or
-/// expired signature stores nothing; an event is durable (inbox) before `webhook`
-/// returns `Ok`; an event seen twice (webhook retry, webhook and poller) is applied
-/// once; a poll cursor moves only past events that are settled.
+/// One event of an external system, parsed by its connector.
+#[derive(Debug, Clone)]
+pub struct InwardEvent {
+    /// Unique per system: the inbox key.
+    pub event_id: String,
+    pub event_type: String,
+    /// The hub entity it concerns; `None`: a type the hub does not apply.
+    pub entity: Option<&'static Entity>,
+    pub external_id: Option<String>,
+    /// The system's own time of the event, on the system's clock (seconds).
+    pub occurred_at: i64,
+    /// The object was deleted.
+    pub deleted: bool,
+    /// The object as the event carries it, in the system's terms.
+    pub object: Value,
+}
+
+/// An external object in hub terms.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Mapped {
+    /// Hub field → value, for the fields this system syncs (normalized).
+    pub fields: Fields,
+    /// Fields whose value is another object's external id, to be resolved to a hub
+    /// id through that object's link (an invoice's customer).
+    pub refs: Vec<ExternalRef>,
+    /// The system owns these records: its state replaces the hub's (no merge).
+    pub owned: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExternalRef {
+    pub field: String,
+    pub entity: &'static Entity,
+    pub external_id: String,
+}
+
+/// An event listed by polling, with the cursor position to store once it (and
+/// every event before it) is settled.
+#[derive(Debug, Clone)]
+pub struct PolledEvent {
+    pub event: InwardEvent,
+    /// The raw event, stored in the inbox.
+    pub raw: String,
+    pub position: String,
+}
+
+/// A page of objects for backfill, in the system's listing order.
+#[derive(Debug, Clone, Default)]
+pub struct ObjectPage {
+    pub objects: Vec<Value>,
+    /// Where the next page starts; `None` at the end.
+    pub next: Option<String>,
+}
+
+/// A call to the external system that did not succeed (network, 5xx, 429, 4xx).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct RemoteError(pub String);
+
+/// The inward translator of a two-way system. Invariants it keeps: a webhook with
+/// a missing, malformed, wrong or expired signature parses to an error (nothing is
+/// stored); polling lists every event at or after a cursor position it issued.
 #[async_trait::async_trait]
 pub trait Inward: Send + Sync {
-    /// Verifies, records and applies one webhook delivery.
-    async fn webhook(
+    /// Verifies a webhook's signature and parses its body.
+    fn parse_webhook(
         &self,
-        store: &Store,
         headers: &reqwest::header::HeaderMap,
         body: &[u8],
-    ) -> Result<WebhookReceipt, WebhookError>;
+        now: i64,
+    ) -> Result<InwardEvent, WebhookError>;
 
-    /// One round of polling: settles inbox rows a crash left unsettled, then (when
-    /// polling is on) fetches events past the stored cursor, applies them and
-    /// advances the cursor.
-    async fn poll(&self, store: &Store) -> Result<PollReport, InwardError>;
+    /// Parses an event as stored in the inbox (recovery, replay).
+    fn parse_stored(&self, payload: &str) -> Result<InwardEvent, String>;
 
-    /// How often `poll` should run; `None` when this system is not polled.
+    /// How often to poll for events; `None`: webhooks only.
     fn poll_interval(&self) -> Option<Duration>;
+
+    /// The cursor position "now": where polling starts (history is backfill's job).
+    fn start_position(&self) -> String;
+
+    /// Events at or after `position`, oldest first.
+    async fn events_since(&self, position: &str) -> Result<Vec<PolledEvent>, RemoteError>;
+
+    /// The object as the system holds it now; `None` when it is gone.
+    async fn fetch(&self, entity: &'static Entity, external_id: &str) -> Result<Option<Value>, RemoteError>;
+
+    /// The hub fields this system syncs for `entity` (both ways).
+    fn synced_fields(&self, entity: &'static Entity) -> &'static [&'static str];
+
+    /// An external object in hub terms.
+    fn to_hub(&self, entity: &'static Entity, object: &Value) -> Mapped;
+
+    /// The hub id the object carries (written there by our own create), if any.
+    fn hub_id(&self, object: &Value) -> Option<String>;
+
+    /// A hub create body for an object first seen in the system, filling fields the
+    /// hub requires and the system may lack; the remark says what was filled.
+    fn create_body(
+        &self,
+        _entity: &'static Entity,
+        fields: &Fields,
+        _external_id: &str,
+    ) -> (Map<String, Value>, Option<String>) {
+        (fields.iter().map(|(k, v)| (k.clone(), v.clone())).collect(), None)
+    }
+
+    /// Writes the hub id into an object first seen in the system, once linked (so a
+    /// later event resolves by it). Best effort.
+    async fn write_back_id(
+        &self,
+        _entity: &'static Entity,
+        _external_id: &str,
+        _hub_id: &str,
+    ) -> Result<(), RemoteError> {
+        Ok(())
+    }
+
+    /// Objects of `entity` from `after` on, for backfill.
+    async fn list_objects(&self, entity: &'static Entity, after: Option<&str>) -> Result<ObjectPage, RemoteError>;
 }
 
-/// What a webhook request achieved (the 2xx body).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct WebhookReceipt {
-    pub event_id: String,
-    pub outcome: InboxOutcome,
-    /// The event was already in the inbox (a retry, or seen by the poller first).
-    pub duplicate: bool,
-}
-
-/// Events fetched and applied by one `poll`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PollReport {
-    pub fetched: usize,
-    pub applied: usize,
-    /// Inbox rows that were left unsettled by an earlier run and settled now.
-    pub recovered: usize,
-}
-
+/// Why a webhook request was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
     /// Missing, malformed, wrong or expired signature: 400, nothing stored.
@@ -109,18 +215,6 @@ pub enum WebhookError {
     /// This system has no webhook secret configured.
     #[error("webhooks are not configured for this system")]
     NotConfigured,
-    /// Recording failed; the sender should retry.
-    #[error(transparent)]
-    Inward(#[from] InwardError),
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum InwardError {
-    #[error("store: {0}")]
-    Store(#[from] StoreError),
-    /// The external system could not be asked (network, 5xx, 429).
-    #[error("{0}")]
-    Remote(String),
 }
 
 #[derive(Debug, thiserror::Error)]

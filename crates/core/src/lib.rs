@@ -7,6 +7,7 @@ pub mod error;
 pub mod id;
 pub mod metrics;
 pub mod record;
+pub mod sync;
 
 pub use clock::{Clock, ConflictPolicy};
 pub use entity::{Entity, FieldDef, FieldType, Storage, CUSTOMER, ENTITIES, INVOICE, STOCK_READING};

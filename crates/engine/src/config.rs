@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use syncflow_connectors::{parse_duration, ConfigError};
+use syncflow_core::sync::MergePolicy;
 use syncflow_core::Entity;
 
 #[derive(Clone)]
@@ -24,8 +27,19 @@ pub struct SystemConfig {
     pub lease: Duration,
     pub callback_url: Option<String>,
     pub callback_secret: Option<String>,
+    /// Who wins a same-field conflict with this system (`conflict_policy`), and
+    /// per-field exceptions (`[systems.field_policies]`, e.g. `email = "manual"`).
+    pub conflict_policy: MergePolicy,
+    pub field_policies: BTreeMap<String, MergePolicy>,
     /// The connector's own settings.
     pub settings: toml::Table,
+}
+
+impl SystemConfig {
+    /// The policy deciding a conflict on `field`.
+    pub fn policy_for(&self, field: &str) -> MergePolicy {
+        self.field_policies.get(field).copied().unwrap_or(self.conflict_policy)
+    }
 }
 
 impl std::fmt::Debug for SystemConfig {
@@ -113,6 +127,17 @@ impl SystemConfig {
         let lease = duration("lease", "60s", &mut t)?;
         let callback_url = take(&mut t, n, "callback_url", |v| v.as_str().map(str::to_string), "a URL")?;
         let callback_secret = take(&mut t, n, "callback_secret", |v| v.as_str().map(str::to_string), "a string")?;
+        const POLICIES: &str = "external_wins, hub_wins, newest_wins or manual";
+        let policy = |v: &toml::Value| v.as_str().and_then(MergePolicy::parse);
+        let conflict_policy = take(&mut t, n, "conflict_policy", policy, POLICIES)?.unwrap_or_default();
+        let field_policies = take(
+            &mut t,
+            n,
+            "field_policies",
+            |v| v.as_table()?.iter().map(|(k, v)| policy(v).map(|p| (k.clone(), p))).collect(),
+            &format!("a table of field = policy ({POLICIES})"),
+        )?
+        .unwrap_or_default();
         Ok(SystemConfig {
             name,
             kind,
@@ -126,6 +151,8 @@ impl SystemConfig {
             lease,
             callback_url,
             callback_secret,
+            conflict_policy,
+            field_policies,
             settings: t,
         })
     }

@@ -6,6 +6,7 @@
 //! becomes `dead` after `max_attempts`; a system's requests never exceed its token
 //! bucket; per-record order comes from the store's claim rule.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::config::SystemConfig;
+use crate::inward::Pipeline;
 use crate::policy::{backoff, TokenBucket};
 
 /// Changes the dispatcher routes per transaction.
@@ -34,6 +36,15 @@ const RECORD_BATCH: usize = 256;
 
 /// An outcome on its way to the recorder, with where to say whether it was recorded.
 type Recorded = (syncflow_store::Delivery, Finish, oneshot::Sender<Result<bool, String>>);
+
+/// An outcome sent to the recorder, waiting for its answer.
+struct PendingRecord {
+    delivery: syncflow_store::Delivery,
+    change_created_at: String,
+    status: DeliveryStatus,
+    remarks: Option<String>,
+    answer: Option<oneshot::Receiver<Result<bool, String>>>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -51,6 +62,11 @@ struct System {
     slots: Arc<Semaphore>,
     /// Woken by the dispatcher when it created deliveries for this system.
     work: Notify,
+    /// Pushes of this node in flight, (delivery id → attempt): their leases are
+    /// renewed while the push lasts, so a slow push is not taken over.
+    in_flight: Mutex<HashMap<i64, i64>>,
+    /// The inward pipeline, for two-way kinds.
+    pipeline: Option<Arc<Pipeline>>,
 }
 
 pub struct Engine {
@@ -82,7 +98,17 @@ impl Engine {
             let burst = if config.rate_limit.is_some() { config.burst } else { rate.map_or(1, |r| r.ceil() as u32) };
             let limiter = rate.map(|r| Mutex::new(TokenBucket::new(r, burst)));
             let slots = Arc::new(Semaphore::new(config.concurrency));
-            systems.push(Arc::new(System { config, connector, callback, limiter, slots, work: Notify::new() }));
+            let pipeline = Pipeline::new(store.clone(), config.clone(), connector.clone()).map(Arc::new);
+            systems.push(Arc::new(System {
+                config,
+                connector,
+                callback,
+                limiter,
+                slots,
+                work: Notify::new(),
+                in_flight: Mutex::new(HashMap::new()),
+                pipeline,
+            }));
         }
         let node = format!("{}-{}", std::process::id(), syncflow_core::id::new_id("node"));
         Ok(Engine { metrics: store.metrics(), store, systems, node })
@@ -92,9 +118,20 @@ impl Engine {
         self.systems.iter().map(|s| &s.config)
     }
 
-    /// Every system's connector by name (the server routes webhooks to them).
-    pub fn connectors(&self) -> std::collections::BTreeMap<String, Arc<dyn Connector>> {
+    /// Every system's connector by name.
+    pub fn connectors(&self) -> BTreeMap<String, Arc<dyn Connector>> {
         self.systems.iter().map(|s| (s.config.name.clone(), s.connector.clone())).collect()
+    }
+
+    /// The inward pipelines of two-way systems by name (the server routes webhooks
+    /// to them; backfill and tests drive them directly).
+    pub fn pipelines(&self) -> BTreeMap<String, Arc<Pipeline>> {
+        self.systems.iter().filter_map(|s| Some((s.config.name.clone(), s.pipeline.clone()?))).collect()
+    }
+
+    /// Systems whose changes want status callbacks.
+    fn callback_systems(&self) -> Vec<String> {
+        self.systems.iter().filter(|s| s.callback.is_some()).map(|s| s.config.name.clone()).collect()
     }
 
     /// Starts the dispatcher and one worker loop per system. They stop when
@@ -110,7 +147,8 @@ impl Engine {
         tasks.spawn(self.clone().recorder(outcomes));
         for system in &self.systems {
             tasks.spawn(self.clone().worker(system.clone(), shutdown.clone(), record.clone()));
-            if system.connector.inward().and_then(|i| i.poll_interval()).is_some() {
+            tasks.spawn(self.clone().renewer(system.clone(), shutdown.clone()));
+            if system.pipeline.is_some() {
                 tasks.spawn(self.clone().poller(system.clone(), shutdown.clone()));
             }
         }
@@ -133,13 +171,13 @@ impl Engine {
         }
     }
 
-    /// Runs a system's inward `poll` every `poll_interval` (event polling where
-    /// configured, and always the recovery of inbox rows a crash left unsettled).
+    /// Runs a system's inward `poll` every interval: event polling where
+    /// configured, and always the recovery of inbox rows left unsettled.
     async fn poller(self: Arc<Self>, system: Arc<System>, mut shutdown: watch::Receiver<bool>) {
-        let Some(inward) = system.connector.inward() else { return };
-        let Some(every) = inward.poll_interval() else { return };
+        let Some(pipeline) = &system.pipeline else { return };
+        let every = pipeline.interval();
         while !*shutdown.borrow() {
-            match inward.poll(&self.store).await {
+            match pipeline.poll(false).await {
                 Ok(report) if report.fetched + report.recovered > 0 => {
                     tracing::debug!(system = %system.config.name, ?report, "polled");
                 }
@@ -149,6 +187,30 @@ impl Engine {
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
                 _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// Renews the leases of this node's pushes in flight every third of a lease.
+    async fn renewer(self: Arc<Self>, system: Arc<System>, mut shutdown: watch::Receiver<bool>) {
+        let lease_ms = system.config.lease.as_millis() as i64;
+        let every = system.config.lease / 3;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.changed() => {}
+            }
+            let held: Vec<(i64, i64)> =
+                system.in_flight.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (*k, *v)).collect();
+            if *shutdown.borrow() && held.is_empty() {
+                return;
+            }
+            if let Err(e) = self.store.renew_leases(&self.node, &held, lease_ms).await {
+                tracing::warn!(system = %system.config.name, error = %e, "could not renew leases");
+            }
+            if *shutdown.borrow() {
+                // Keep renewing while the drain lets pushes finish.
+                tokio::time::sleep(every.min(Duration::from_secs(1))).await;
             }
         }
     }
@@ -188,6 +250,8 @@ impl Engine {
     ) {
         let name = system.config.name.clone();
         let lease_ms = system.config.lease.as_millis() as i64;
+        let callbacks = self.callback_systems();
+        let batch = system.connector.max_batch().max(1);
         let mut wake = self.store.subscribe();
         let mut in_flight = JoinSet::new();
         while !*shutdown.borrow() {
@@ -199,11 +263,14 @@ impl Engine {
                     true
                 }
             };
-            let free = system.slots.available_permits();
-            let claimed = if paused || free == 0 {
+            let free = system.slots.available_permits() * batch;
+            // Rate-limit tokens are taken before the claim, so waiting for one never
+            // eats a claimed delivery's lease.
+            let mut tokens = if paused || free == 0 { 0 } else { self.tokens(&system, free.min(CLAIM_BATCH)) };
+            let claimed = if tokens == 0 {
                 Vec::new()
             } else {
-                match self.store.claim(&name, &self.node, free.min(CLAIM_BATCH), lease_ms).await {
+                match self.store.claim(&name, &self.node, tokens, lease_ms, &callbacks).await {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::warn!(system = %name, error = %e, "claim failed; will retry");
@@ -211,24 +278,38 @@ impl Engine {
                     }
                 }
             };
+            if let Some(limiter) = &system.limiter {
+                let unused = tokens.saturating_sub(claimed.len());
+                limiter.lock().unwrap_or_else(|e| e.into_inner()).give_back(unused);
+                tokens -= unused;
+            }
             if claimed.is_empty() {
+                let token_wait = if !paused && free > 0 && tokens == 0 { self.token_wait(&system) } else { None };
                 tokio::select! {
                     _ = system.work.notified() => {}
                     _ = wake.changed() => {}
-                    _ = tokio::time::sleep(IDLE_POLL) => {}
+                    _ = tokio::time::sleep(token_wait.unwrap_or(IDLE_POLL).min(IDLE_POLL)) => {}
                     _ = shutdown.changed() => {}
                     // A slot freed up while all were busy.
                     Some(_) = in_flight.join_next(), if free == 0 => {}
                 }
                 continue;
             }
-            for c in claimed {
+            {
+                let mut held = system.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+                for c in &claimed {
+                    held.insert(c.delivery.id, c.delivery.attempts);
+                }
+            }
+            let mut claimed = claimed.into_iter().peekable();
+            while claimed.peek().is_some() {
+                let chunk: Vec<Claimed> = claimed.by_ref().take(batch).collect();
                 let Ok(permit) = system.slots.clone().acquire_owned().await else { break };
                 let engine = self.clone();
                 let system = system.clone();
                 let record = record.clone();
                 in_flight.spawn(async move {
-                    engine.perform(&system, c, &record).await;
+                    engine.perform(&system, chunk, &record).await;
                     drop(permit);
                 });
             }
@@ -246,44 +327,110 @@ impl Engine {
         }
     }
 
-    /// Waits for a token of the system's bucket.
-    async fn throttle(system: &System) {
-        let Some(limiter) = &system.limiter else { return };
-        loop {
-            let wait = limiter.lock().unwrap_or_else(|e| e.into_inner()).try_take(Instant::now());
-            match wait {
-                Ok(()) => return,
-                Err(d) => tokio::time::sleep(d).await,
+    /// Up to `want` tokens of the system's bucket (all of them when unlimited).
+    fn tokens(&self, system: &System, want: usize) -> usize {
+        let Some(limiter) = &system.limiter else { return want };
+        limiter.lock().unwrap_or_else(|e| e.into_inner()).take_up_to(want, Instant::now()).unwrap_or(0)
+    }
+
+    /// How long until the system's bucket has a token.
+    fn token_wait(&self, system: &System) -> Option<Duration> {
+        let limiter = system.limiter.as_ref()?;
+        let mut bucket = limiter.lock().unwrap_or_else(|e| e.into_inner());
+        match bucket.take_up_to(1, Instant::now()) {
+            Ok(n) => {
+                bucket.give_back(n);
+                None
             }
+            Err(wait) => Some(wait),
         }
     }
 
-    async fn perform(&self, system: &System, claimed: Claimed, record: &mpsc::Sender<Recorded>) {
-        let Claimed { delivery, change, superseded } = claimed;
+    /// Pushes one chunk of claimed deliveries (one connector call for a batching
+    /// kind) and hands each outcome to the recorder.
+    async fn perform(&self, system: &System, chunk: Vec<Claimed>, record: &mpsc::Sender<Recorded>) {
         let name = system.config.name.as_str();
+        let started = Instant::now();
+        // Links first: a failed read is retried, never taken for "no link" (which
+        // would create a second object in the system).
+        let mut links = Vec::with_capacity(chunk.len());
+        for c in &chunk {
+            links.push(match c.delivery.kind {
+                Kind::Change => {
+                    self.store.link(&c.delivery.entity, &c.delivery.record_id, name).await.map_err(|e| e.to_string())
+                }
+                Kind::Callback => Ok(None),
+            });
+        }
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; chunk.len()];
+        let mut reqs = Vec::new();
+        let mut req_index = Vec::new();
+        for (i, c) in chunk.iter().enumerate() {
+            match (&c.delivery.kind, &links[i]) {
+                (Kind::Callback, _) => outcomes[i] = Some(self.send_callback(system, &c.delivery).await),
+                (Kind::Change, Err(e)) => {
+                    outcomes[i] = Some(Outcome::Retry {
+                        http_status: None,
+                        reason: format!("could not read the record's link: {e}"),
+                        retry_after: None,
+                    })
+                }
+                (Kind::Change, Ok(link)) => {
+                    reqs.push(PushRequest {
+                        delivery_id: c.delivery.id,
+                        attempt: c.delivery.attempts,
+                        change: &c.change,
+                        link: link.as_ref(),
+                    });
+                    req_index.push(i);
+                }
+            }
+        }
+        if !reqs.is_empty() {
+            let pushed = if reqs.len() == 1 {
+                vec![system.connector.push(reqs[0]).await]
+            } else {
+                system.connector.push_batch(&reqs).await
+            };
+            for (k, outcome) in pushed.into_iter().enumerate() {
+                outcomes[req_index[k]] = Some(outcome);
+            }
+        }
+        let duration_ms = started.elapsed().as_millis() as i64;
+        // Send every outcome first, then wait: a batch's outcomes share commits.
+        let mut pending = Vec::with_capacity(chunk.len());
+        for (c, outcome) in chunk.into_iter().zip(outcomes) {
+            let outcome = outcome.unwrap_or_else(|| Outcome::Retry {
+                http_status: None,
+                reason: format!("{name} returned no outcome for this delivery"),
+                retry_after: None,
+            });
+            pending.push(self.record_outcome(system, c, outcome, duration_ms, record).await);
+        }
+        for p in pending {
+            self.recorded(system, p).await;
+        }
+    }
+
+    /// Turns a push outcome into the delivery's next state and sends it to the
+    /// recorder; `recorded` waits for the answer.
+    async fn record_outcome(
+        &self,
+        system: &System,
+        claimed: Claimed,
+        outcome: Outcome,
+        duration_ms: i64,
+        record: &mpsc::Sender<Recorded>,
+    ) -> PendingRecord {
+        let Claimed { delivery, change, superseded } = claimed;
+        let name = system.config.name.clone();
         if !superseded.is_empty() {
             self.metrics.inc(
                 "syncflow_deliveries_total",
-                &[("system", name), ("outcome", "skipped")],
+                &[("system", &name), ("outcome", "skipped")],
                 superseded.len() as f64,
             );
         }
-        Self::throttle(system).await;
-        let started = Instant::now();
-        let outcome = match delivery.kind {
-            Kind::Change => {
-                let link = self.store.link(&delivery.entity, &delivery.record_id, name).await.ok().flatten();
-                let req = PushRequest {
-                    delivery_id: delivery.id,
-                    attempt: delivery.attempts,
-                    change: &change,
-                    link: link.as_ref(),
-                };
-                system.connector.push(req).await
-            }
-            Kind::Callback => self.send_callback(system, &delivery).await,
-        };
-        let duration_ms = started.elapsed().as_millis() as i64;
         let callback_to = self
             .systems
             .iter()
@@ -313,7 +460,7 @@ impl Engine {
             Outcome::Retry { http_status, reason, retry_after } => {
                 finish.http_status = http_status;
                 if http_status == Some(429) {
-                    self.metrics.inc("syncflow_delivery_throttled_total", &[("system", name)], 1.0);
+                    self.metrics.inc("syncflow_delivery_throttled_total", &[("system", &name)], 1.0);
                     if let (Some(limiter), Some(d)) = (&system.limiter, retry_after) {
                         limiter.lock().unwrap_or_else(|e| e.into_inner()).pause(d);
                     }
@@ -328,7 +475,7 @@ impl Engine {
                     finish.status = DeliveryStatus::Retrying;
                     finish.next_attempt_at = Some(now_ms() + wait.as_millis() as i64);
                     finish.remarks = Some(reason);
-                    self.metrics.inc("syncflow_delivery_retries_total", &[("system", name)], 1.0);
+                    self.metrics.inc("syncflow_delivery_retries_total", &[("system", &name)], 1.0);
                 }
             }
             Outcome::Reject { http_status, reason } => {
@@ -337,18 +484,32 @@ impl Engine {
                 finish.remarks = Some(reason);
             }
         }
-        let (reply, recorded) = oneshot::channel();
+        let (reply, answer) = oneshot::channel();
         let status = finish.status;
         let remarks = finish.remarks.clone();
-        let outcome = match record.send((delivery.clone(), finish, reply)).await {
-            Ok(()) => recorded.await.unwrap_or_else(|_| Err("recorder stopped".into())),
-            Err(_) => Err("recorder stopped".into()),
+        let sent = record.send((delivery.clone(), finish, reply)).await.is_ok();
+        PendingRecord {
+            delivery,
+            change_created_at: change.created_at,
+            status,
+            remarks,
+            answer: sent.then_some(answer),
+        }
+    }
+
+    async fn recorded(&self, system: &System, p: PendingRecord) {
+        let outcome = match p.answer {
+            Some(answer) => answer.await.unwrap_or_else(|_| Err("recorder stopped".into())),
+            None => Err("recorder stopped".into()),
         };
+        system.in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&p.delivery.id);
+        let name = system.config.name.as_str();
+        let delivery = &p.delivery;
         match outcome {
             Ok(true) => {
-                self.metrics.inc("syncflow_deliveries_total", &[("system", name), ("outcome", status.as_str())], 1.0);
-                if status == DeliveryStatus::Delivered && delivery.kind == Kind::Change {
-                    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(&change.created_at) {
+                self.metrics.inc("syncflow_deliveries_total", &[("system", name), ("outcome", p.status.as_str())], 1.0);
+                if p.status == DeliveryStatus::Delivered && delivery.kind == Kind::Change {
+                    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(&p.change_created_at) {
                         let lag = (chrono::Utc::now() - at.with_timezone(&chrono::Utc)).num_microseconds().unwrap_or(0);
                         self.metrics.observe(
                             "syncflow_delivery_latency_seconds",
@@ -357,8 +518,8 @@ impl Engine {
                         );
                     }
                 }
-                if status == DeliveryStatus::Dead {
-                    tracing::warn!(system = name, delivery = delivery.id, remarks = ?remarks, "delivery is dead");
+                if p.status == DeliveryStatus::Dead {
+                    tracing::warn!(system = name, delivery = delivery.id, remarks = ?p.remarks, "delivery is dead");
                 }
             }
             Ok(false) => {

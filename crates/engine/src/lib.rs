@@ -1,12 +1,16 @@
 //! Syncflow's outward delivery engine: the dispatcher turns changes into
 //! deliveries (one per subscribed system, never the origin), and per-system
 //! workers perform them through connectors with rate limits, backoff, dead letters
-//! and status callbacks. All state lives in the store's transaction table, so any
-//! node can pick up where another stopped.
+//! and status callbacks; and the inward pipeline every two-way system shares
+//! (`inward`, `backfill`). All state lives in the store, so any node can pick up
+//! where another stopped.
 
+pub mod backfill;
 pub mod config;
 mod engine;
+pub mod inward;
 pub mod policy;
 
 pub use config::SystemConfig;
 pub use engine::{Engine, EngineError};
+pub use inward::{InwardError, Pipeline, PollReport, WebhookError, WebhookReceipt};

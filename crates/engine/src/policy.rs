@@ -39,6 +39,25 @@ impl TokenBucket {
         }
     }
 
+    /// Takes up to `n` tokens at once (a claim for that many pushes); when none is
+    /// available, says how long until one is.
+    pub fn take_up_to(&mut self, n: usize, now: Instant) -> Result<usize, Duration> {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        let taken = (self.tokens.floor().max(0.0) as usize).min(n);
+        if taken == 0 {
+            return Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate));
+        }
+        self.tokens -= taken as f64;
+        Ok(taken)
+    }
+
+    /// Returns tokens taken for pushes that did not happen (a claim found less work).
+    pub fn give_back(&mut self, n: usize) {
+        self.tokens = (self.tokens + n as f64).min(self.burst);
+    }
+
     /// Pushes the next token out by `pause` (the other side said 429 / Retry-After).
     pub fn pause(&mut self, pause: Duration) {
         self.tokens = self.tokens.min(0.0) - pause.as_secs_f64() * self.rate;

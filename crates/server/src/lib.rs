@@ -7,6 +7,7 @@
 mod auth;
 mod catalog;
 mod changes;
+mod conflicts;
 mod deliveries;
 pub mod error;
 mod extract;
@@ -26,9 +27,8 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use syncflow_connectors::Connector;
 use syncflow_core::metrics::Registry;
-use syncflow_engine::SystemConfig;
+use syncflow_engine::{Pipeline, SystemConfig};
 use syncflow_store::Store;
 use tokio::sync::watch;
 
@@ -65,8 +65,8 @@ pub struct AppState {
     pub tokens: ApiTokens,
     /// The configured external systems (empty when none are).
     pub systems: Arc<Vec<SystemConfig>>,
-    /// Their connectors by system name, for inward webhooks.
-    pub connectors: Arc<BTreeMap<String, Arc<dyn Connector>>>,
+    /// The inward pipelines of two-way systems by name, for webhooks.
+    pub pipelines: Arc<BTreeMap<String, Arc<Pipeline>>>,
     /// Sync clients and their entity grants (`[[clients]]`).
     pub clients: Clients,
     pub live: LiveSettings,
@@ -82,15 +82,15 @@ impl AppState {
             store,
             tokens,
             systems: Arc::default(),
-            connectors: Arc::default(),
+            pipelines: Arc::default(),
             clients: Clients::default(),
             live: LiveSettings::default(),
             shutdown: Arc::new(watch::channel(false).0),
         }
     }
 
-    pub fn with_connectors(mut self, connectors: BTreeMap<String, Arc<dyn Connector>>) -> Self {
-        self.connectors = Arc::new(connectors);
+    pub fn with_pipelines(mut self, pipelines: BTreeMap<String, Arc<Pipeline>>) -> Self {
+        self.pipelines = Arc::new(pipelines);
         self
     }
 
@@ -136,6 +136,7 @@ pub fn router(state: AppState) -> Router {
     let api = api
         .merge(changes::routes())
         .merge(deliveries::routes())
+        .merge(conflicts::routes())
         .merge(sync::routes())
         .merge(seed::routes())
         .merge(stream::routes())

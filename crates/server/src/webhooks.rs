@@ -7,7 +7,8 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::Json;
-use syncflow_connectors::{WebhookError, WebhookReceipt};
+use syncflow_connectors::WebhookError as Refused;
+use syncflow_engine::{WebhookError, WebhookReceipt};
 
 use crate::{ApiError, AppState};
 
@@ -17,19 +18,20 @@ pub(crate) async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<WebhookReceipt>, ApiError> {
-    let inward = state
-        .connectors
+    let pipeline = state
+        .pipelines
         .get(&system)
-        .and_then(|c| c.inward())
         .ok_or_else(|| ApiError::NotFound(format!("no system named `{system}` receives webhooks")))?;
-    match inward.webhook(&state.store, &headers, &body).await {
+    match pipeline.webhook(&headers, &body).await {
         Ok(receipt) => Ok(Json(receipt)),
-        Err(e @ (WebhookError::Signature(_) | WebhookError::Payload(_))) => {
+        Err(WebhookError::Refused(e @ (Refused::Signature(_) | Refused::Payload(_)))) => {
             tracing::warn!(system = %system, error = %e, "webhook refused");
             Err(ApiError::BadRequest(e.to_string()))
         }
-        Err(e @ WebhookError::NotConfigured) => Err(ApiError::NotFound(format!("system `{system}`: {e}"))),
-        Err(WebhookError::Inward(e)) => {
+        Err(WebhookError::Refused(e @ Refused::NotConfigured)) => {
+            Err(ApiError::NotFound(format!("system `{system}`: {e}")))
+        }
+        Err(WebhookError::Store(e)) => {
             // Not the sender's fault: it should retry (Stripe does, for days).
             tracing::error!(system = %system, error = %e, "webhook not recorded");
             Err(ApiError::Unavailable("the event could not be recorded; retry later".into()))

@@ -60,7 +60,7 @@ async fn operator_api_inspects_pauses_retries_and_replays(t: TestStore) {
     assert_eq!(call(&app, "GET", "/v1/deliveries/abc").await.0, StatusCode::NOT_FOUND);
 
     // Fail it for good, then look at it, retry it, and replay the system.
-    let claimed = t.store.claim("crm", "test-node", 10, 60_000).await.unwrap();
+    let claimed = t.store.claim("crm", "test-node", 10, 60_000, &[]).await.unwrap();
     let finish = Finish {
         status: DeliveryStatus::Dead,
         next_attempt_at: None,
@@ -82,7 +82,7 @@ async fn operator_api_inspects_pauses_retries_and_replays(t: TestStore) {
         (StatusCode::OK, Some("pending"), Some(0))
     );
 
-    let claimed = t.store.claim("crm", "test-node", 10, 60_000).await.unwrap();
+    let claimed = t.store.claim("crm", "test-node", 10, 60_000, &[]).await.unwrap();
     assert!(t.store.finish(&claimed[0].delivery, "test-node", &finish).await.unwrap());
     assert_eq!(call(&app, "POST", "/v1/systems/crm/replay").await.1["replayed"], 1);
     assert_eq!(call(&app, "POST", "/v1/systems/crm/replay?status=delivered").await.0, StatusCode::BAD_REQUEST);

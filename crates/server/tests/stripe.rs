@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 use syncflow_connectors::signature;
-use syncflow_connectors::stripe::backfill::Direction;
 use syncflow_connectors::stripe::StripeConfig;
 use syncflow_connectors::{Connector, Outcome, PushRequest};
 use syncflow_core::{Change, Op};
 use syncflow_core::{CUSTOMER, INVOICE};
+use syncflow_engine::backfill::Direction;
+use syncflow_engine::Pipeline;
 use syncflow_engine::{Engine, SystemConfig};
 use syncflow_sandbox::{Receiver, StripeOptions, StripeSandbox};
 use syncflow_server::{router, ApiTokens, AppState};
@@ -146,9 +147,7 @@ impl Hub {
         let (stop, rx) = watch::channel(false);
         let mut tasks = engine.spawn(rx.clone());
         let app = router(
-            AppState::new(store.clone(), ApiTokens::default())
-                .with_systems(configs)
-                .with_connectors(engine.connectors()),
+            AppState::new(store.clone(), ApiTokens::default()).with_systems(configs).with_pipelines(engine.pipelines()),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -335,7 +334,8 @@ async fn stripe_lifecycle_reaches_the_hub(ls: &LocalStripe, hub: &Hub, source: &
     assert!(changes.iter().all(|c| c.origin == "stripe"));
     assert_eq!(hub.deliveries_to("stripe", &link.record_id).await, 0, "never sent back to its origin");
     let inbox = hub.inbox().await;
-    let kinds: Vec<_> = inbox.iter().map(|e| (e.event_type.as_str(), e.outcome, e.source.as_str())).collect();
+    let (echoes, applied): (Vec<_>, Vec<_>) = inbox.iter().partition(|e| e.outcome == InboxOutcome::Echo);
+    let kinds: Vec<_> = applied.iter().map(|e| (e.event_type.as_str(), e.outcome, e.source.as_str())).collect();
     assert_eq!(
         kinds,
         vec![
@@ -344,6 +344,9 @@ async fn stripe_lifecycle_reaches_the_hub(ls: &LocalStripe, hub: &Hub, source: &
             ("customer.deleted", InboxOutcome::Applied, source),
         ]
     );
+    // Once linked, the hub id was written back to the customer; its event is an echo.
+    let echoes: Vec<_> = echoes.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(echoes, vec!["customer.updated"], "{inbox:#?}");
 }
 
 async fn bad_webhooks_are_refused_and_store_nothing(t: TestStore) {
@@ -412,10 +415,13 @@ async fn an_event_seen_twice_is_applied_once(t: TestStore) {
     );
     hub.quiet().await;
     let inbox = hub.inbox().await;
-    assert_eq!(inbox.len(), 1, "{inbox:#?}");
-    assert_eq!(inbox[0].outcome, InboxOutcome::Applied);
+    let applied: Vec<_> = inbox.iter().filter(|e| e.outcome != InboxOutcome::Echo).collect();
+    assert_eq!(applied.len(), 1, "{inbox:#?}");
+    assert_eq!(applied[0].outcome, InboxOutcome::Applied);
+    let (_, written_back) = ls.get(&format!("/v1/customers/{cus_id}")).await;
     assert_eq!(t.store.count(&CUSTOMER).await.unwrap(), 1);
     let link = t.store.link_by_external_id("stripe", "customer", cus_id).await.unwrap().unwrap();
+    assert_eq!(written_back["metadata"]["syncflow_id"], link.record_id.as_str(), "the hub id is written back");
     assert_eq!(t.store.changes_of_record("customer", &link.record_id).await.unwrap().len(), 1);
 
     // Stripe retrying the same delivery: the second answer says duplicate.
@@ -565,11 +571,9 @@ async fn backfill_links_imports_and_exports(t: TestStore) {
     let b = ls.post("/v1/customers", &[("name", "Ida I."), ("email", "ida@example.com")]).await;
     let c = ls.post("/v1/customers", &[("email", "kim@example.com")]).await;
 
-    let config: StripeConfig =
-        toml::from_str(&format!("api_base = \"{}\"\nsecret_key = \"{SECRET_KEY}\"", ls.url)).unwrap();
-    let stripe = config.build("stripe").unwrap();
+    let stripe = pipeline(s, &format!("api_base = \"{}\"\nsecret_key = \"{SECRET_KEY}\"", ls.url));
     let mut reports = 0;
-    let import = stripe.backfill(s, Direction::Import, |_| reports += 1).await.unwrap();
+    let import = stripe.backfill(&CUSTOMER, Direction::Import, |_| reports += 1).await.unwrap();
     assert_eq!((import.seen, import.linked, import.created, import.failed), (3, 2, 1, 0), "{import:?}");
     assert_eq!(reports, 3, "progress after every record");
     let linked = |v: &Value| {
@@ -581,7 +585,7 @@ async fn backfill_links_imports_and_exports(t: TestStore) {
     let imported = linked(&c).await;
     assert_eq!(s.get(&CUSTOMER, &imported.record_id).await.unwrap().unwrap().fields["name"], "kim@example.com");
 
-    let export = stripe.backfill(s, Direction::Export, |_| {}).await.unwrap();
+    let export = stripe.backfill(&CUSTOMER, Direction::Export, |_| {}).await.unwrap();
     assert_eq!((export.seen, export.created, export.linked_before, export.total), (4, 1, 3, Some(4)), "{export:?}");
     let exported = s.link(CUSTOMER.name, &hub_only.id, "stripe").await.unwrap().unwrap();
     let (_, cus) = ls.get(&format!("/v1/customers/{}", exported.external_id)).await;
@@ -590,8 +594,8 @@ async fn backfill_links_imports_and_exports(t: TestStore) {
 
     // Resumable and idempotent: a rerun from the start finds nothing to do.
     for d in [Direction::Import, Direction::Export] {
-        stripe.backfill_reset(s, d).await.unwrap();
-        let again = stripe.backfill(s, d, |_| {}).await.unwrap();
+        stripe.backfill_reset(&CUSTOMER, d).await.unwrap();
+        let again = stripe.backfill(&CUSTOMER, d, |_| {}).await.unwrap();
         assert_eq!((again.created, again.linked, again.failed), (0, 0, 0), "{d:?}: {again:?}");
     }
     let (_, all) = ls.get("/v1/customers?limit=100").await;
@@ -600,6 +604,13 @@ async fn backfill_links_imports_and_exports(t: TestStore) {
 
 // The in-repo sandbox covers what localstripe does not: idempotency keys, 429 with
 // Retry-After, and `/v1/events` listed newest first (as Stripe does).
+
+/// The inward pipeline of a `stripe` system with these connector settings.
+fn pipeline(store: &Store, settings: &str) -> Arc<Pipeline> {
+    let table: toml::Table = toml::from_str(&format!("name = \"stripe\"\nkind = \"stripe\"\n{settings}")).unwrap();
+    let engine = Engine::new(store.clone(), vec![SystemConfig::from_table(table).unwrap()]).unwrap();
+    engine.pipelines().remove("stripe").unwrap()
+}
 
 fn sandbox_connector(sandbox: &StripeSandbox) -> syncflow_connectors::stripe::StripeConnector {
     let text = format!("api_base = \"{}\"\nsecret_key = \"{SECRET_KEY}\"\napi_rate_limit = 1000", sandbox.url());
@@ -650,7 +661,7 @@ async fn an_older_upsert_does_not_bring_back_a_customer_deleted_in_stripe() {
     let sandbox = StripeSandbox::start("127.0.0.1:0".parse().unwrap(), StripeOptions::default()).await.unwrap();
     let stripe = sandbox_connector(&sandbox);
     let change = customer_change(2, "Lu");
-    let link = syncflow_store::Link {
+    let link = syncflow_core::sync::Link {
         entity: "customer".into(),
         record_id: "cust_01".into(),
         system: "stripe".into(),
@@ -667,9 +678,10 @@ async fn an_older_upsert_does_not_bring_back_a_customer_deleted_in_stripe() {
 
 async fn same_second_events_listed_newest_first_end_in_the_latest_state(t: TestStore) {
     let sandbox = StripeSandbox::start("127.0.0.1:0".parse().unwrap(), StripeOptions::default()).await.unwrap();
-    let stripe = sandbox_connector(&sandbox);
     let s = &t.store;
-    stripe.poll_events(s).await.unwrap(); // sets the cursor
+    let stripe =
+        pipeline(s, &format!("api_base = \"{}\"\nsecret_key = \"{SECRET_KEY}\"\napi_rate_limit = 1000", sandbox.url()));
+    stripe.poll(true).await.unwrap(); // sets the cursor
     let http = reqwest::Client::new();
     let post = |path: String, form: Vec<(&'static str, &'static str)>| {
         let req = http.post(format!("{}{path}", sandbox.url())).bearer_auth(SECRET_KEY).form(&form);
@@ -680,12 +692,12 @@ async fn same_second_events_listed_newest_first_end_in_the_latest_state(t: TestS
     post(path.clone(), vec![("name", "Mo 2")]).await;
     post(path, vec![("name", "Mo 3")]).await;
 
-    let report = stripe.poll_events(s).await.unwrap();
+    let report = stripe.poll(true).await.unwrap();
     assert_eq!(report.fetched, 3, "{report:?}");
     let link = s.link_by_external_id("stripe", "customer", cus["id"].as_str().unwrap()).await.unwrap().unwrap();
     assert_eq!(s.get(&CUSTOMER, &link.record_id).await.unwrap().unwrap().fields["name"], "Mo 3");
     // A second poll reads the same second again and finds only known events.
-    let again = stripe.poll_events(s).await.unwrap();
+    let again = stripe.poll(true).await.unwrap();
     assert_eq!(again.applied, 0, "{again:?}");
     assert_eq!(s.get(&CUSTOMER, &link.record_id).await.unwrap().unwrap().fields["name"], "Mo 3");
 }

@@ -157,27 +157,30 @@ macro_rules! mark_writer {
     };
 }
 
-/// Upserts the inward write's link (at the written version) and settles its inbox
-/// row, inside the catalog write's transaction: the record, its change, the link
-/// and the event's outcome commit together or not at all.
+/// Upserts the inward write's link (at the written version), settles its inbox
+/// row and records its conflicts, inside the catalog write's transaction: the
+/// record, its change, the link, the conflicts and the event's outcome commit
+/// together or not at all.
 macro_rules! settle_inward {
-    ($tx:expr, $inward:expr, $entity:expr, $record_id:expr, $version:expr) => {
+    ($tx:expr, $d:expr, $inward:expr, $record:expr) => {
         if let Some(w) = $inward {
             let w: &InwardWrite = w;
+            let r: &Record = $record;
             let now = crate::deliveries::now_ms();
             if let Some(link) = &w.link {
                 sqlx::query(crate::deliveries::UPSERT_LINK)
-                    .bind($entity.to_string())
-                    .bind($record_id.to_string())
+                    .bind(r.entity.name.to_string())
+                    .bind(r.id.clone())
                     .bind(w.system.clone())
                     .bind(link.external_id.clone())
-                    .bind($version)
+                    .bind(r.version)
                     .bind(link.fingerprint.clone())
                     .bind(link.snapshot.clone())
                     .bind(now)
                     .execute(&mut *$tx)
                     .await?;
             }
+            let inbox_id = w.inbox.as_ref().map(|(id, _, _)| *id);
             if let Some((id, outcome, remarks)) = &w.inbox {
                 sqlx::query(
                     "UPDATE inbox SET outcome = $2, record_id = $3, remarks = $4, lease_until = NULL, \
@@ -185,11 +188,40 @@ macro_rules! settle_inward {
                 )
                 .bind(*id)
                 .bind(outcome.as_str())
-                .bind($record_id.to_string())
+                .bind(r.id.clone())
                 .bind(remarks.clone())
                 .bind(now)
                 .execute(&mut *$tx)
                 .await?;
+            }
+            for c in &w.conflicts {
+                // A later edit of a field with an open (manual) conflict updates that row.
+                sqlx::query(
+                    "INSERT INTO conflicts (system, entity, record_id, field, hub_value, external_value, policy, \
+                     winner, status, inbox_id, created_at, resolved_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                     ON CONFLICT (system, entity, record_id, field) WHERE status = 'open' DO UPDATE SET \
+                     hub_value = excluded.hub_value, external_value = excluded.external_value, \
+                     inbox_id = excluded.inbox_id, created_at = excluded.created_at",
+                )
+                .bind(w.system.clone())
+                .bind(r.entity.name.to_string())
+                .bind(r.id.clone())
+                .bind(c.field.clone())
+                .bind(c.hub_value.to_string())
+                .bind(c.external_value.to_string())
+                .bind(c.policy.as_str())
+                .bind(c.winner.map(str::to_string))
+                .bind(if c.winner.is_some() { "resolved" } else { "open" })
+                .bind(inbox_id)
+                .bind(now)
+                .bind(c.winner.map(|_| now))
+                .execute(&mut *$tx)
+                .await?;
+            }
+            if w.resync {
+                let origin = format!("{}{}", crate::deliveries::RESYNC_PREFIX, w.system);
+                append_change_quiet!($tx, $d, r, if r.deleted_at.is_some() { Op::Delete } else { Op::Upsert }, origin);
             }
         }
     };
@@ -310,7 +342,7 @@ impl Store {
                 .await
                 .map_err(|e| unique_to_invalid(entity, e))?;
             append_change!(tx, d, &record, Op::Upsert, origin);
-            settle_inward!(tx, inward, entity.name, &record.id, record.version);
+            settle_inward!(tx, d, inward, &record);
             tx.commit().await?;
         });
         self.notify_written(entity.name, origin);
@@ -360,8 +392,11 @@ impl Store {
             if fields == current.fields {
                 // Nothing to write, but an inward event still settles (and links) here.
                 if inward.is_some() {
-                    settle_inward!(tx, inward, entity.name, &current.id, current.version);
+                    settle_inward!(tx, d, inward, &current);
                     tx.commit().await?;
+                    if inward.is_some_and(|w| w.resync) {
+                        self.notify_written(entity.name, origin);
+                    }
                 }
                 return Ok(current);
             }
@@ -374,7 +409,7 @@ impl Store {
                 .await
                 .map_err(|e| unique_to_invalid(entity, e))?;
             append_change!(tx, d, &record, Op::Upsert, origin);
-            settle_inward!(tx, inward, entity.name, &record.id, record.version);
+            settle_inward!(tx, d, inward, &record);
             tx.commit().await?;
             record
         });
@@ -425,7 +460,7 @@ impl Store {
             let sql = update_sql(entity, d);
             bind_record!(sqlx::query(&sql), &record).execute(&mut *tx).await?;
             append_change!(tx, d, &record, Op::Delete, origin);
-            settle_inward!(tx, inward, entity.name, &record.id, record.version);
+            settle_inward!(tx, d, inward, &record);
             tx.commit().await?;
             record
         });

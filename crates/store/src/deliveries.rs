@@ -147,25 +147,7 @@ pub struct Finish {
     pub callback_to: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LinkUpdate {
-    pub external_id: String,
-    pub synced_version: i64,
-    pub fingerprint: Option<String>,
-    pub snapshot: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Link {
-    pub entity: String,
-    pub record_id: String,
-    pub system: String,
-    pub external_id: String,
-    pub synced_version: Option<i64>,
-    pub fingerprint: Option<String>,
-    pub snapshot: Option<String>,
-    pub updated_at: i64,
-}
+pub use syncflow_core::sync::{Link, LinkUpdate};
 
 /// Filters for listing deliveries (all optional), paged by id.
 #[derive(Debug, Clone, Default)]
@@ -241,12 +223,19 @@ fn placeholders(from: usize, n: usize) -> String {
 
 /// Records (or refreshes) a link: $1 entity, $2 record id, $3 system, $4 external
 /// id, $5 synced version, $6 fingerprint, $7 snapshot, $8 time. The table's second
-/// unique key (system, entity, external id) keeps it one-to-one.
+/// unique key (system, entity, external id) keeps it one-to-one. Fenced: a write for
+/// an older version than the link holds changes nothing, so a push's late `finish`
+/// cannot overwrite what a newer inward apply or push recorded (and vice versa).
 pub(crate) const UPSERT_LINK: &str = "INSERT INTO links (entity, record_id, system, external_id, synced_version, \
      fingerprint, snapshot, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
      ON CONFLICT (entity, record_id, system) DO UPDATE SET external_id = excluded.external_id, \
      synced_version = excluded.synced_version, fingerprint = excluded.fingerprint, \
-     snapshot = excluded.snapshot, updated_at = excluded.updated_at";
+     snapshot = excluded.snapshot, updated_at = excluded.updated_at \
+     WHERE links.synced_version IS NULL OR links.synced_version <= excluded.synced_version";
+
+/// Origin of a change that re-pushes a record's current state to one system
+/// (`resync:stripe`): a conflict the hub won, an operator's resolution.
+pub const RESYNC_PREFIX: &str = "resync:";
 
 const INSERT_DELIVERY: &str = "INSERT INTO deliveries (change_seq, system, kind, subject_id, entity, record_id, \
      ordering_key, op, status, next_attempt_at, created_at, updated_at) \
@@ -283,7 +272,11 @@ impl Store {
                 let op: String = row.try_get(3)?;
                 let origin: String = row.try_get(4)?;
                 last = seq;
-                for route in routes.iter().filter(|r| r.system != origin && r.entities.contains(&entity)) {
+                // `resync:<system>` re-pushes the record's state to that system only.
+                let only = origin.strip_prefix(RESYNC_PREFIX);
+                for route in routes.iter().filter(|r| {
+                    r.system != origin && only.is_none_or(|s| s == r.system) && r.entities.contains(&entity)
+                }) {
                     created += sqlx::query(INSERT_DELIVERY)
                         .bind(seq)
                         .bind(&route.system)
@@ -346,7 +339,20 @@ impl Store {
     /// `now + lease_ms`. Only the head of each record's queue is eligible; queued
     /// upserts behind it are coalesced: the head and all but the newest are marked
     /// `skipped` (superseded) and the newest is delivered instead.
-    pub async fn claim(&self, system: &str, owner: &str, limit: usize, lease_ms: i64) -> Result<Vec<Claimed>> {
+    ///
+    /// A head that was attempted before is never superseded: its push may have
+    /// reached the system (a create, under its own idempotency key), so it is
+    /// repeated as it was and the newer changes wait their turn. A superseded
+    /// delivery still gets its status callback when its origin wants callbacks
+    /// (`callbacks`: the systems that have a `callback_url`).
+    pub async fn claim(
+        &self,
+        system: &str,
+        owner: &str,
+        limit: usize,
+        lease_ms: i64,
+        callbacks: &[String],
+    ) -> Result<Vec<Claimed>> {
         let now = now_ms();
         on_write!(self, |pool, d| {
             let mut tx = pool.begin().await?;
@@ -403,12 +409,12 @@ impl Store {
                     .map(|(_, d)| d)
                     .collect();
                 match later.split_last() {
-                    Some((newest, between)) => {
+                    Some((newest, between)) if head.attempts == 0 => {
                         let mut superseded = vec![head.id];
                         superseded.extend(between.iter().map(|d| d.id));
                         targets.push(((*newest).clone(), superseded));
                     }
-                    None => targets.push((head, Vec::new())),
+                    _ => targets.push((head, Vec::new())),
                 }
             }
             for (target, superseded) in &targets {
@@ -422,6 +428,31 @@ impl Store {
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;
+                    if callbacks.is_empty() {
+                        continue;
+                    }
+                    let row = sqlx::query(
+                        "SELECT d.change_seq, d.entity, d.record_id, d.op, c.origin FROM deliveries d \
+                         JOIN changes c ON c.seq = d.change_seq WHERE d.id = $1",
+                    )
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    let origin: String = row.try_get(4)?;
+                    if callbacks.contains(&origin) {
+                        sqlx::query(INSERT_DELIVERY)
+                            .bind(row.try_get::<i64, _>(0)?)
+                            .bind(origin)
+                            .bind(Kind::Callback.as_str())
+                            .bind(id)
+                            .bind(row.try_get::<String, _>(1)?)
+                            .bind(row.try_get::<String, _>(2)?)
+                            .bind(format!("callback/{id}"))
+                            .bind(row.try_get::<String, _>(3)?)
+                            .bind(now)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
                 }
             }
             let sql = format!(
@@ -463,9 +494,39 @@ impl Store {
         })
     }
 
+    /// Extends the leases of pushes still in flight, (delivery id, attempt) each, so
+    /// a push slower than the lease is not taken over by another worker. Returns how
+    /// many were still held.
+    pub async fn renew_leases(&self, owner: &str, held: &[(i64, i64)], lease_ms: i64) -> Result<u64> {
+        if held.is_empty() {
+            return Ok(0);
+        }
+        let now = now_ms();
+        on_write!(self, |pool, _d| {
+            let mut tx = pool.begin().await?;
+            let mut n = 0;
+            for (id, attempt) in held {
+                n += sqlx::query(
+                    "UPDATE deliveries SET lease_until = $3 WHERE id = $1 AND attempts = $2 AND lease_owner = $4 \
+                     AND status = 'in_flight'",
+                )
+                .bind(id)
+                .bind(attempt)
+                .bind(now + lease_ms)
+                .bind(owner.to_string())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            }
+            tx.commit().await?;
+            Ok(n)
+        })
+    }
+
     /// Records a worker's outcome, the attempt history row, the link and the status
     /// callback, in one transaction. Returns false (and changes nothing) when the
-    /// worker no longer holds the lease.
+    /// worker no longer holds the lease for this attempt (fenced by owner *and*
+    /// attempt: a stale worker's late outcome is dropped).
     pub async fn finish(&self, delivery: &Delivery, owner: &str, f: &Finish) -> Result<bool> {
         Ok(self.finish_many(owner, &[(delivery, f)]).await?[0])
     }
@@ -484,7 +545,7 @@ impl Store {
                     "UPDATE deliveries SET status = $3, next_attempt_at = $4, http_status = $5, \
                      external_id = COALESCE($6, external_id), remarks = $7, lease_owner = NULL, lease_until = NULL, \
                      updated_at = $8, finished_at = $9 \
-                     WHERE id = $1 AND lease_owner = $2 AND status = 'in_flight'",
+                     WHERE id = $1 AND lease_owner = $2 AND status = 'in_flight' AND attempts = $10",
                 )
                 .bind(delivery.id)
                 .bind(owner.to_string())
@@ -495,6 +556,7 @@ impl Store {
                 .bind(f.remarks.clone())
                 .bind(now)
                 .bind(finished_at)
+                .bind(delivery.attempts)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
@@ -545,6 +607,24 @@ impl Store {
             }
             tx.commit().await?;
             Ok(results)
+        })
+    }
+
+    /// Changes of one record whose deliveries to `system` are unfinished (pending,
+    /// retrying, in flight), oldest first: states the system may be receiving now,
+    /// or has received without our knowing yet (a push whose outcome is not recorded).
+    pub async fn unfinished_changes(&self, system: &str, entity: &str, record_id: &str) -> Result<Vec<Change>> {
+        on_read!(self, |pool, d| {
+            let rows = sqlx::query(&format!(
+                "SELECT {} FROM changes WHERE seq IN (SELECT change_seq FROM deliveries \
+                 WHERE system = $1 AND ordering_key = $2 AND kind = 'change' AND status IN {UNFINISHED}) ORDER BY seq",
+                crate::changes::change_columns(d)
+            ))
+            .bind(system.to_string())
+            .bind(format!("{entity}/{record_id}"))
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(crate::changes::decode_change).collect()
         })
     }
 

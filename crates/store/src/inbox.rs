@@ -11,55 +11,11 @@ use serde::Serialize;
 use sqlx::Row;
 
 use crate::deliveries::now_ms;
+use syncflow_core::sync::NewConflict;
+
 use crate::{on_read, on_write, LinkUpdate, Result, Store};
 
-/// How an inward event ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum InboxOutcome {
-    /// Recorded, not yet settled.
-    Received,
-    /// Changed the catalog (or linked a record).
-    Applied,
-    /// The state we last synced to that system: our own write coming back.
-    Echo,
-    /// Older than an event already applied for the same object.
-    Stale,
-    /// A type this system does not apply.
-    Ignored,
-    /// Invalid for the catalog (validation failed); see remarks.
-    Rejected,
-    /// Could not be applied for a reason that is not the event's fault.
-    Failed,
-}
-
-impl InboxOutcome {
-    pub const ALL: [InboxOutcome; 7] = [
-        InboxOutcome::Received,
-        InboxOutcome::Applied,
-        InboxOutcome::Echo,
-        InboxOutcome::Stale,
-        InboxOutcome::Ignored,
-        InboxOutcome::Rejected,
-        InboxOutcome::Failed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InboxOutcome::Received => "received",
-            InboxOutcome::Applied => "applied",
-            InboxOutcome::Echo => "echo",
-            InboxOutcome::Stale => "stale",
-            InboxOutcome::Ignored => "ignored",
-            InboxOutcome::Rejected => "rejected",
-            InboxOutcome::Failed => "failed",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<InboxOutcome> {
-        InboxOutcome::ALL.into_iter().find(|o| o.as_str() == s)
-    }
-}
+pub use syncflow_core::sync::InboxOutcome;
 
 /// An event as it arrives, before it is recorded.
 #[derive(Debug, Clone)]
@@ -94,6 +50,8 @@ pub struct InboxEvent {
     pub remarks: Option<String>,
     pub received_at: i64,
     pub settled_at: Option<i64>,
+    /// Applies tried so far that failed for a transient reason.
+    pub attempts: i64,
 }
 
 /// How an inward catalog write settles its inbox row and link, in the write's own
@@ -105,10 +63,22 @@ pub struct InwardWrite {
     pub inbox: Option<(i64, InboxOutcome, Option<String>)>,
     /// Link to upsert; its `synced_version` is replaced by the written record's version.
     pub link: Option<LinkUpdate>,
+    /// Same-field conflicts this apply met, recorded with it.
+    pub conflicts: Vec<NewConflict>,
+    /// The hub kept values the system does not have (a conflict the hub won): also
+    /// append a `resync:<system>` change so the record's state is pushed back there.
+    pub resync: bool,
+}
+
+impl InwardWrite {
+    /// Settles nothing and links `external_id`: backfill's linking write.
+    pub fn link_only(system: &str, link: LinkUpdate) -> InwardWrite {
+        InwardWrite { system: system.to_string(), inbox: None, link: Some(link), conflicts: Vec::new(), resync: false }
+    }
 }
 
 const INBOX_COLUMNS: &str = "id, system, event_id, event_type, entity, external_id, event_created, source, payload, \
-     outcome, record_id, remarks, received_at, settled_at";
+     outcome, record_id, remarks, received_at, settled_at, attempts";
 
 fn decode<'r, R>(row: &'r R) -> Result<InboxEvent>
 where
@@ -120,6 +90,7 @@ where
     Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     let outcome: String = row.try_get(9)?;
+    let attempts: i64 = row.try_get(14)?;
     Ok(InboxEvent {
         id: row.try_get(0)?,
         system: row.try_get(1)?,
@@ -136,6 +107,7 @@ where
         remarks: row.try_get(11)?,
         received_at: row.try_get(12)?,
         settled_at: row.try_get(13)?,
+        attempts,
     })
 }
 
@@ -180,6 +152,7 @@ impl Store {
                     remarks: None,
                     received_at: now,
                     settled_at: None,
+                    attempts: 0,
                 };
                 return Ok((row, true));
             }
@@ -235,6 +208,41 @@ impl Store {
         Ok(())
     }
 
+    /// A failed apply that may succeed later: the row stays `received`, counts the
+    /// attempt, releases its lease and waits until `next_attempt_at` (ms).
+    pub async fn inbox_retry(&self, id: i64, next_attempt_at: i64, remarks: &str) -> Result<()> {
+        on_write!(self, |pool, _d| {
+            sqlx::query(
+                "UPDATE inbox SET attempts = attempts + 1, next_attempt_at = $2, remarks = $3, lease_until = NULL \
+                 WHERE id = $1 AND outcome = 'received'",
+            )
+            .bind(id)
+            .bind(next_attempt_at)
+            .bind(remarks.to_string())
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Puts `rejected`, `dead` (and old `failed`) events of `system` back to be
+    /// applied again with a fresh attempt budget — one event (`event_id`) or all.
+    pub async fn inbox_replay(&self, system: &str, event_id: Option<&str>) -> Result<u64> {
+        let n = on_write!(self, |pool, _d| {
+            sqlx::query(
+                "UPDATE inbox SET outcome = 'received', attempts = 0, next_attempt_at = NULL, lease_until = NULL, \
+                 settled_at = NULL, remarks = COALESCE(remarks, '') || ' [replayed]' \
+                 WHERE system = $1 AND ($2 IS NULL OR event_id = $2) AND outcome IN ('rejected', 'dead', 'failed')",
+            )
+            .bind(system.to_string())
+            .bind(event_id.map(str::to_string))
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(n)
+    }
+
     /// The newest event time already applied (or recognised as echo) for one
     /// external object, ignoring row `except`: the yardstick for stale events.
     pub async fn inbox_last_applied(&self, system: &str, external_id: &str, except: i64) -> Result<Option<i64>> {
@@ -258,7 +266,8 @@ impl Store {
         on_read!(self, |pool, _d| {
             let rows = sqlx::query(&format!(
                 "SELECT {INBOX_COLUMNS} FROM inbox WHERE system = $1 AND outcome = 'received' \
-                 AND (lease_until IS NULL OR lease_until < $2) ORDER BY id LIMIT {}",
+                 AND (lease_until IS NULL OR lease_until < $2) \
+                 AND (next_attempt_at IS NULL OR next_attempt_at <= $2) ORDER BY id LIMIT {}",
                 limit.clamp(1, 1000)
             ))
             .bind(system.to_string())
@@ -278,6 +287,29 @@ impl Store {
             ))
             .bind(system.to_string())
             .bind(after)
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(decode).collect()
+        })
+    }
+
+    /// Inbox rows of `system` after row id `after`, oldest first, optionally of one outcome.
+    pub async fn inbox_filtered(
+        &self,
+        system: &str,
+        outcome: Option<InboxOutcome>,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<InboxEvent>> {
+        on_read!(self, |pool, _d| {
+            let rows = sqlx::query(&format!(
+                "SELECT {INBOX_COLUMNS} FROM inbox WHERE system = $1 AND id > $2 AND ($3 IS NULL OR outcome = $3) \
+                 ORDER BY id LIMIT {}",
+                limit.clamp(1, 1001)
+            ))
+            .bind(system.to_string())
+            .bind(after)
+            .bind(outcome.map(|o| o.as_str().to_string()))
             .fetch_all(pool)
             .await?;
             rows.iter().map(decode).collect()

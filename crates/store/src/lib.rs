@@ -11,6 +11,7 @@
 
 mod catalog;
 mod changes;
+pub mod conflicts;
 pub mod deliveries;
 mod dialect;
 pub mod inbox;
@@ -29,8 +30,10 @@ use syncflow_core::FieldError;
 use tokio::sync::watch;
 
 pub use catalog::{InwardOp, ListQuery, Page};
+pub use conflicts::{Conflict, ConflictFilter};
 pub use deliveries::{
     now_ms, Claimed, Delivery, DeliveryFilter, Finish, Link, LinkUpdate, QueueStats, Route, Status as DeliveryStatus,
+    RESYNC_PREFIX,
 };
 pub use dialect::Dialect;
 pub use inbox::{InboxEvent, InboxOutcome, InwardWrite, NewInboxEvent};

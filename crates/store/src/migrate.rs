@@ -23,6 +23,7 @@ const SQLITE: &[Migration] = migrations!("sqlite":
     3 "client_sync" "0003_client_sync.sql",
     4 "inbox" "0004_inbox.sql",
     5 "delivery_queue_index" "0005_delivery_queue_index.sql",
+    6 "sync_pipeline" "0006_sync_pipeline.sql",
 );
 
 const POSTGRES: &[Migration] = migrations!("postgres":
@@ -31,6 +32,7 @@ const POSTGRES: &[Migration] = migrations!("postgres":
     3 "client_sync" "0003_client_sync.sql",
     4 "inbox" "0004_inbox.sql",
     5 "delivery_queue_index" "0005_delivery_queue_index.sql",
+    6 "sync_pipeline" "0006_sync_pipeline.sql",
 );
 
 /// Arbitrary constant naming syncflow's migration lock.

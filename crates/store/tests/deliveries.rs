@@ -49,18 +49,18 @@ async fn one_record_at_a_time_and_leases_expire(t: TestStore) {
     s.dispatch(&routes()[..1], 100).await.unwrap();
 
     // Both records' first changes are claimable at once.
-    let first = s.claim("crm", "n1", 10, 60_000).await.unwrap();
+    let first = s.claim("crm", "n1", 10, 60_000, &[]).await.unwrap();
     let ids: Vec<&str> = first.iter().map(|c| c.delivery.record_id.as_str()).collect();
     assert_eq!(ids, vec![a.id.as_str(), b.id.as_str()]);
     // A's next change waits while A's first is in flight.
     s.update(&CUSTOMER, &a.id, json!({"name": "A2"}).as_object().unwrap(), None, "api").await.unwrap();
     s.dispatch(&routes()[..1], 100).await.unwrap();
-    assert!(s.claim("crm", "n2", 10, 60_000).await.unwrap().is_empty(), "A2 must wait for A1");
+    assert!(s.claim("crm", "n2", 10, 60_000, &[]).await.unwrap().is_empty(), "A2 must wait for A1");
 
     // Another node cannot record an outcome for a lease it does not hold.
     assert!(!s.finish(&first[0].delivery, "n2", &delivered()).await.unwrap());
     assert!(s.finish(&first[0].delivery, "n1", &delivered()).await.unwrap());
-    let next = s.claim("crm", "n2", 10, 0).await.unwrap();
+    let next = s.claim("crm", "n2", 10, 0, &[]).await.unwrap();
     assert_eq!(next.len(), 1);
     assert_eq!(next[0].change.version, 2);
 
@@ -68,7 +68,7 @@ async fn one_record_at_a_time_and_leases_expire(t: TestStore) {
     // and the first holder's late outcome is refused.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let taken = loop {
-        let taken = s.claim("crm", "n3", 10, 60_000).await.unwrap();
+        let taken = s.claim("crm", "n3", 10, 60_000, &[]).await.unwrap();
         if !taken.is_empty() || std::time::Instant::now() > deadline {
             break taken;
         }
@@ -87,7 +87,7 @@ async fn queued_upserts_coalesce(t: TestStore) {
         s.update(&CUSTOMER, &a.id, json!({"name": format!("v{i}")}).as_object().unwrap(), None, "api").await.unwrap();
     }
     s.dispatch(&routes()[..1], 100).await.unwrap();
-    let claimed = s.claim("crm", "n1", 10, 60_000).await.unwrap();
+    let claimed = s.claim("crm", "n1", 10, 60_000, &[]).await.unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].change.snapshot["name"], "v4", "the newest state is sent");
     assert_eq!(claimed[0].superseded.len(), 3);

@@ -32,6 +32,8 @@ fn write(inbox: i64, external_id: &str) -> InwardWrite {
             fingerprint: Some("fp".into()),
             snapshot: Some("{}".into()),
         }),
+        conflicts: Vec::new(),
+        resync: false,
     }
 }
 

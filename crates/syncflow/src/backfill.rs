@@ -1,14 +1,14 @@
 //! `syncflow backfill --system NAME`: runs a system's backfill from the command
 //! line, with a progress line on a terminal and a summary either way. The work
-//! itself (paging, pacing, resuming) is the connector's.
+//! itself (paging, pacing, resuming) is the engine's, for any two-way system.
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use syncflow_connectors::stripe::backfill::{Direction, Progress};
-use syncflow_connectors::stripe::StripeConfig;
-use syncflow_engine::SystemConfig;
+use syncflow_core::CUSTOMER;
+use syncflow_engine::backfill::{Direction, Progress};
+use syncflow_engine::{Engine, SystemConfig};
 use syncflow_store::Store;
 
 use crate::config::Config;
@@ -27,12 +27,11 @@ pub async fn run(store: Store, config: &Config, system: &str, way: Way, restart:
         .find(|t| t.get("name").and_then(|n| n.as_str()) == Some(system))
         .with_context(|| format!("no [[systems]] block is named `{system}`"))?;
     let sc = SystemConfig::from_table(table.clone()).context("in [[systems]]")?;
-    if sc.kind != "stripe" {
-        bail!("system `{system}` is kind `{}`; backfill supports kind = \"stripe\"", sc.kind);
-    }
-    let stripe_config: StripeConfig =
-        sc.settings.clone().try_into().with_context(|| format!("system `{system}` settings"))?;
-    let stripe = stripe_config.build(system).map_err(|e| anyhow::anyhow!("system `{system}`: {e}"))?;
+    let kind = sc.kind.clone();
+    let engine = Engine::new(store.clone(), vec![sc]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let Some(pipeline) = engine.pipelines().remove(system) else {
+        bail!("system `{system}` is kind `{kind}`, which only receives changes; backfill needs a two-way kind");
+    };
     let directions: &[(Direction, &str)] = match way {
         Way::Import => &[(Direction::Import, "import")],
         Way::Export => &[(Direction::Export, "export")],
@@ -40,25 +39,29 @@ pub async fn run(store: Store, config: &Config, system: &str, way: Way, restart:
     };
     for (direction, label) in directions {
         if restart {
-            stripe.backfill_reset(&store, *direction).await?;
+            pipeline.backfill_reset(&CUSTOMER, *direction).await?;
         }
         let started = Instant::now();
         let mut line = ProgressLine::new(label);
-        let result = stripe.backfill(&store, *direction, |p| line.update(p, false)).await;
+        let result = pipeline.backfill(&CUSTOMER, *direction, |p| line.update(p, false)).await;
         if let Ok(p) = &result {
             line.update(p, true); // the final state, whatever the redraw rate skipped
         }
         line.finish();
         let p = result.with_context(|| format!("backfill {label} stopped; rerun to continue from where it was"))?;
         println!(
-            "{label}: {} seen, {} created, {} linked, {} already linked, {} failed in {:.1}s",
+            "{label}: {} seen, {} created, {} linked, {} already linked, {} left to live delivery, {} failed in {:.1}s",
             p.seen,
             p.created,
             p.linked,
             p.linked_before,
+            p.in_flight,
             p.failed,
             started.elapsed().as_secs_f64()
         );
+        if p.failed > 0 {
+            bail!("backfill {label}: {} record(s) failed (see the log); rerun to continue from the first", p.failed);
+        }
     }
     store.close().await;
     Ok(())

@@ -231,7 +231,7 @@ async fn serve(args: ServeArgs, config: Config, ready: Option<tokio::sync::onesh
     let state = AppState::new(store.clone(), tokens)
         .with_systems(systems)
         .with_clients(clients)
-        .with_connectors(engine.connectors());
+        .with_pipelines(engine.pipelines());
     let app = router(state.clone());
     if let Some(ready) = ready {
         let _ = ready.send(bound);

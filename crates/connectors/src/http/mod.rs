@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use syncflow_store::LinkUpdate;
+use syncflow_core::sync::LinkUpdate;
 
 use crate::{retry, signature, Connector, Outcome, PushRequest};
 
@@ -48,7 +48,7 @@ impl HttpConfig {
             .user_agent(concat!("syncflow/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| e.to_string())?;
-        Ok(HttpConnector { system: system.to_string(), url, secret: self.secret, client })
+        Ok(HttpConnector { system: system.to_string(), url, secret: self.secret, client, timeout })
     }
 }
 
@@ -57,6 +57,7 @@ pub struct HttpConnector {
     url: reqwest::Url,
     secret: Option<String>,
     client: reqwest::Client,
+    timeout: Duration,
 }
 
 /// The JSON body of a push. Deterministic for a given delivery (no attempt number
@@ -133,6 +134,10 @@ impl Connector for HttpConnector {
             }
             other => other,
         }
+    }
+
+    fn push_timeout(&self) -> Option<Duration> {
+        Some(self.timeout)
     }
 }
 

@@ -87,6 +87,6 @@ impl StripeConfig {
         };
         let client = StripeClient::new(system, base, self.secret_key, rate, timeout)?;
         let webhook_secrets = self.webhook_secret.into_iter().chain(self.webhook_secret_previous).collect();
-        Ok(StripeConnector::new(system, client, webhook_secrets, tolerance, poll_interval, rate))
+        Ok(StripeConnector::new(system, client, webhook_secrets, tolerance, poll_interval, rate, timeout))
     }
 }

@@ -4,13 +4,12 @@
 //!   tolerance), secrets kept out of `Debug`.
 //! * `client` — form-encoded calls, idempotency keys, pacing, error bodies.
 //! * `outward` — hub changes pushed to Stripe (invariants 2, 3, 5).
-//! * `inward` — webhooks and event polling through the inbox (invariants 3, 4, 5, 7).
-//! * `state` — the per-link sync snapshot that echo, staleness and merge compare.
-//! * `backfill` — linking or importing what already exists on either side.
+//! * `inward` — webhooks and events parsed, objects fetched and listed (the engine
+//!   decides what they do: `syncflow_engine::inward`).
+//! * `state` — Stripe objects in hub terms (the synced fields, mapping).
 //!
 //! See `docs/stripe.md` for the rules in prose.
 
-pub mod backfill;
 pub mod client;
 pub mod config;
 pub mod inward;
@@ -21,16 +20,9 @@ mod tests;
 
 use std::time::Duration;
 
-use syncflow_store::{InboxOutcome, InwardWrite, LinkUpdate, Store};
-
 pub use config::StripeConfig;
-pub use inward::StripeEvent;
 
-use crate::{Connector, Inward, InwardError, Outcome, PollReport, PushRequest, WebhookError, WebhookReceipt};
-
-/// Without `poll_interval`, `poll` still runs this often to settle inbox rows a
-/// crash left between acknowledgement and apply.
-const RECOVERY_INTERVAL: Duration = Duration::from_secs(60);
+use crate::{Connector, Inward, Outcome, PushRequest};
 
 pub struct StripeConnector {
     system: String,
@@ -39,12 +31,8 @@ pub struct StripeConnector {
     tolerance: Duration,
     poll_interval: Option<Duration>,
     rate: f64,
-    /// Striped by object id: applies of one object take turns.
-    apply_locks: Vec<tokio::sync::Mutex<()>>,
+    timeout: Duration,
 }
-
-/// Stripes of `apply_locks`: enough that unrelated objects rarely wait.
-const APPLY_STRIPES: usize = 64;
 
 impl StripeConnector {
     fn new(
@@ -54,16 +42,9 @@ impl StripeConnector {
         tolerance: Duration,
         poll_interval: Option<Duration>,
         rate: f64,
+        timeout: Duration,
     ) -> Self {
-        Self {
-            system: system.to_string(),
-            client,
-            webhook_secrets,
-            tolerance,
-            poll_interval,
-            rate,
-            apply_locks: (0..APPLY_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
-        }
+        Self { system: system.to_string(), client, webhook_secrets, tolerance, poll_interval, rate, timeout }
     }
 
     pub fn system(&self) -> &str {
@@ -72,40 +53,6 @@ impl StripeConnector {
 
     pub fn client(&self) -> &client::StripeClient {
         &self.client
-    }
-
-    /// Waits for this object's turn to apply an event.
-    async fn apply_turn(&self, object_id: &str) -> tokio::sync::MutexGuard<'_, ()> {
-        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-        let stripe = BuildHasherDefault::<DefaultHasher>::default().hash_one(object_id) as usize % APPLY_STRIPES;
-        self.apply_locks[stripe].lock().await
-    }
-
-    /// A catalog write that links `external_id` (at the version it writes) with this
-    /// fingerprint and snapshot, and settles `inbox` when it comes from an event.
-    fn linking_write(
-        &self,
-        inbox: Option<(i64, InboxOutcome, Option<String>)>,
-        external_id: &str,
-        fingerprint: String,
-        snapshot: String,
-    ) -> InwardWrite {
-        InwardWrite {
-            system: self.system.clone(),
-            inbox,
-            link: Some(LinkUpdate {
-                external_id: external_id.to_string(),
-                synced_version: 0, // replaced by the written version
-                fingerprint: Some(fingerprint),
-                snapshot: Some(snapshot),
-            }),
-        }
-    }
-
-    /// Polls events once even when no `poll_interval` is configured (tests, the
-    /// CLI).
-    pub async fn poll_events(&self, store: &Store) -> Result<PollReport, InwardError> {
-        self.poll_once(store, true).await
     }
 }
 
@@ -132,24 +79,9 @@ impl Connector for StripeConnector {
     fn default_rate_limit(&self) -> Option<f64> {
         Some(self.rate)
     }
-}
 
-#[async_trait::async_trait]
-impl Inward for StripeConnector {
-    async fn webhook(
-        &self,
-        store: &Store,
-        headers: &reqwest::header::HeaderMap,
-        body: &[u8],
-    ) -> Result<WebhookReceipt, WebhookError> {
-        self.handle_webhook(store, headers, body).await
-    }
-
-    async fn poll(&self, store: &Store) -> Result<PollReport, InwardError> {
-        self.poll_once(store, self.poll_interval.is_some()).await
-    }
-
-    fn poll_interval(&self) -> Option<Duration> {
-        Some(self.poll_interval.unwrap_or(RECOVERY_INTERVAL))
+    fn push_timeout(&self) -> Option<Duration> {
+        // A push may wait for its turn under the pacer, then take up to the timeout.
+        Some(self.timeout)
     }
 }

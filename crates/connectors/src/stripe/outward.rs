@@ -5,13 +5,24 @@
 //! (invariant 2), and the returned link remembers what was sent, for echo
 //! detection of the webhook that follows (invariant 3).
 
+use serde_json::Value;
+use syncflow_core::sync::{changed_fields, project, Fields, LinkUpdate, SyncSnapshot, DELETED};
 use syncflow_core::Op;
-use syncflow_store::LinkUpdate;
 
 use super::client::{idempotency_key, Form};
-use super::state::{changed_fields, CustomerState, SyncSnapshot, DELETED, SYNCFLOW_ID};
+use super::state::{customer_fields, CUSTOMER_FIELDS, SYNCFLOW_ID};
 use super::StripeConnector;
 use crate::{Outcome, PushRequest};
+
+fn hub_fields(snapshot: &Value) -> Fields {
+    project(CUSTOMER_FIELDS, snapshot.as_object().unwrap_or(&serde_json::Map::new()))
+}
+
+/// Fields a push wrote: their write time is Stripe's, unknown to us, so they are
+/// marked `pushed` rather than given a time from our clock (one clock per decision).
+fn all_pushed() -> std::collections::BTreeSet<String> {
+    CUSTOMER_FIELDS.iter().map(|f| f.to_string()).collect()
+}
 
 impl StripeConnector {
     pub(super) async fn push_customer(&self, req: PushRequest<'_>) -> Outcome {
@@ -24,11 +35,10 @@ impl StripeConnector {
         let link_version = link.and_then(|l| l.synced_version).unwrap_or(0);
         let hub_state = match &snap.hub {
             Some(hub) if link_version > change.version => hub.clone(),
-            _ => CustomerState::from_hub(&change.snapshot),
+            _ => hub_fields(&change.snapshot),
         };
         let synced_version = change.version.max(link_version);
-        let now = chrono::Utc::now().timestamp();
-        let existing = link.filter(|_| snap.stripe.is_some()).map(|l| l.external_id.as_str());
+        let existing = link.filter(|_| snap.external.is_some()).map(|l| l.external_id.as_str());
         let deleted_in_stripe = link.and_then(|l| l.fingerprint.as_deref()) == Some(DELETED);
         if deleted_in_stripe && change.op == Op::Upsert {
             // The customer was deleted (in Stripe, or by an earlier delivery) after
@@ -52,7 +62,8 @@ impl StripeConnector {
                 Err(f) if f.is_not_found() => Some(404),
                 Err(f) => return f.outcome(&self.system),
             };
-            let snapshot = SyncSnapshot { stripe: None, hub: Some(hub_state), at: SyncSnapshot::all_synced_at(now) };
+            let snapshot =
+                SyncSnapshot { external: None, hub: Some(hub_state), at: snap.at.clone(), pushed: all_pushed() };
             return delivered(status, external_id, synced_version, &snapshot);
         }
 
@@ -71,9 +82,10 @@ impl StripeConnector {
                         };
                     };
                     let snapshot = SyncSnapshot {
-                        stripe: Some(CustomerState::from_stripe(&obj)),
+                        external: Some(customer_fields(&obj)),
                         hub: Some(hub_state),
-                        at: SyncSnapshot::all_synced_at(now),
+                        at: Default::default(),
+                        pushed: all_pushed(),
                     };
                     delivered(Some(200), id, synced_version, &snapshot)
                 }
@@ -81,15 +93,16 @@ impl StripeConnector {
             };
         };
 
-        let stripe_state = snap.stripe.clone().unwrap_or_default();
-        let changed = changed_fields(&stripe_state, &hub_state);
+        let stripe_state = snap.external.clone().unwrap_or_default();
+        let names: Vec<String> = CUSTOMER_FIELDS.iter().map(|f| f.to_string()).collect();
+        let changed = changed_fields(&stripe_state, &hub_state, &names);
         let mut sent = stripe_state.clone();
-        let mut at = snap.at.clone();
+        let mut pushed = snap.pushed.clone();
         for f in &changed {
-            sent.set_field(f, &hub_state);
-            at.insert(f.to_string(), now);
+            sent.insert(f.clone(), hub_state.get(f).cloned().unwrap_or(Value::Null));
+            pushed.insert(f.clone());
         }
-        let snapshot = SyncSnapshot { stripe: Some(sent), hub: Some(hub_state.clone()), at };
+        let snapshot = SyncSnapshot { external: Some(sent), hub: Some(hub_state.clone()), at: snap.at.clone(), pushed };
         if changed.is_empty() {
             // Stripe already has this state (e.g. the change only touched fields we
             // do not sync): no call, but the link moves to this version.
@@ -118,39 +131,46 @@ fn delivered(status: Option<u16>, external_id: &str, synced_version: i64, snapsh
     }
 }
 
+fn text(state: &Fields, field: &str) -> String {
+    state.get(field).and_then(Value::as_str).unwrap_or_default().to_string()
+}
+
+fn object(state: &Fields, field: &str) -> serde_json::Map<String, Value> {
+    state.get(field).and_then(Value::as_object).cloned().unwrap_or_default()
+}
+
 /// Every synced field, for a create.
-fn full_form(state: &CustomerState) -> Form {
+fn full_form(state: &Fields) -> Form {
     let mut form = Form::new();
-    if let Some(name) = &state.name {
-        form.push(("name".into(), name.clone()));
+    for f in ["name", "email"] {
+        let v = text(state, f);
+        if !v.is_empty() {
+            form.push((f.into(), v));
+        }
     }
-    if let Some(email) = &state.email {
-        form.push(("email".into(), email.clone()));
-    }
-    for (k, v) in &state.metadata {
-        form.push((format!("metadata[{k}]"), v.clone()));
+    for (k, v) in object(state, "metadata") {
+        form.push((format!("metadata[{k}]"), v.as_str().map_or_else(|| v.to_string(), str::to_string)));
     }
     form
 }
 
 /// Only the changed fields; an empty string is how Stripe clears a field or
 /// removes a metadata key.
-fn diff_form(from: &CustomerState, to: &CustomerState, changed: &[&str]) -> Form {
+fn diff_form(from: &Fields, to: &Fields, changed: &[String]) -> Form {
     let mut form = Form::new();
     for f in changed {
-        match *f {
-            "name" => form.push(("name".into(), to.name.clone().unwrap_or_default())),
-            "email" => form.push(("email".into(), to.email.clone().unwrap_or_default())),
-            _ => {
-                for (k, v) in &to.metadata {
-                    if from.metadata.get(k) != Some(v) {
-                        form.push((format!("metadata[{k}]"), v.clone()));
-                    }
-                }
-                for k in from.metadata.keys().filter(|k| !to.metadata.contains_key(*k)) {
-                    form.push((format!("metadata[{k}]"), String::new()));
-                }
+        if f != "metadata" {
+            form.push((f.clone(), text(to, f)));
+            continue;
+        }
+        let (old, new) = (object(from, f), object(to, f));
+        for (k, v) in &new {
+            if old.get(k) != Some(v) {
+                form.push((format!("metadata[{k}]"), v.as_str().map_or_else(|| v.to_string(), str::to_string)));
             }
+        }
+        for k in old.keys().filter(|k| !new.contains_key(*k)) {
+            form.push((format!("metadata[{k}]"), String::new()));
         }
     }
     form

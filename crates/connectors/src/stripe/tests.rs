@@ -4,10 +4,14 @@
 
 use serde_json::json;
 
+use syncflow_core::sync::{fingerprint, project};
+use syncflow_core::CUSTOMER;
+
 use super::client::{encode_form, error_message, idempotency_key};
-use super::state::{changed_fields, hub_patch, CustomerState, SyncSnapshot};
+use super::inward::parse_event;
+use super::state::{customer_fields, CUSTOMER_FIELDS};
 use super::*;
-use crate::signature;
+use crate::{signature, WebhookError};
 
 fn connector(extra: &str) -> StripeConnector {
     let text = format!("secret_key = \"sk_test_abc\"\napi_base = \"http://127.0.0.1:9\"\n{extra}");
@@ -48,37 +52,28 @@ fn stripe_error_bodies_read_well() {
 
 #[test]
 fn state_ignores_bookkeeping_and_empty_values() {
-    let s = CustomerState::from_stripe(&json!({
+    let s = customer_fields(&json!({
         "id": "cus_1", "name": "Ada", "email": "", "phone": "1",
         "metadata": {"syncflow_id": "cust_1", "tier": "gold", "gone": ""}
     }));
-    assert_eq!(s.name.as_deref(), Some("Ada"));
-    assert_eq!(s.email, None);
-    assert_eq!(s.metadata.len(), 1);
-    let same = CustomerState::from_hub(&json!({"name": "Ada", "email": null, "metadata": {"tier": "gold"}}));
-    assert_eq!(s.fingerprint(), same.fingerprint());
+    assert_eq!(s["name"], json!("Ada"));
+    assert_eq!(s["email"], json!(null));
+    assert_eq!(s["metadata"], json!({"tier": "gold"}));
+    let hub = json!({"name": "Ada", "email": null, "metadata": {"tier": "gold"}});
+    let same = project(CUSTOMER_FIELDS, hub.as_object().unwrap());
+    assert_eq!(fingerprint(&s), fingerprint(&same));
 }
 
 #[test]
-fn merge_patch_has_only_changed_fields_and_keys() {
-    let base = CustomerState::from_hub(&json!({"name": "Ada", "email": "a@x.io", "metadata": {"a": "1", "b": "2"}}));
-    let now = CustomerState::from_hub(&json!({"name": "Ada L.", "email": "a@x.io", "metadata": {"a": "1", "c": "3"}}));
-    let fields = changed_fields(&base, &now);
-    assert_eq!(fields, vec!["name", "metadata"]);
-    let patch = hub_patch(&base, &now, &fields);
-    assert_eq!(json!(patch), json!({"name": "Ada L.", "metadata": {"c": "3", "b": null}}));
-}
-
-#[test]
-fn snapshot_round_trips_and_fingerprints_deletion() {
-    let snap = SyncSnapshot {
-        stripe: Some(CustomerState { name: Some("A".into()), ..Default::default() }),
-        hub: None,
-        at: [("name".to_string(), 5)].into(),
-    };
-    assert_eq!(SyncSnapshot::parse(Some(&snap.to_text())), snap);
-    assert_eq!(SyncSnapshot { stripe: None, ..snap }.fingerprint(), "deleted");
-    assert_eq!(SyncSnapshot::parse(Some("not json")), SyncSnapshot::default());
+fn customers_map_both_ways_and_carry_the_hub_id() {
+    let c = connector("");
+    let inward = c.inward().unwrap();
+    let obj = json!({"id": "cus_1", "name": null, "email": "a@x.io", "metadata": {"syncflow_id": "cust_9"}});
+    assert_eq!(inward.hub_id(&obj).as_deref(), Some("cust_9"));
+    let mapped = inward.to_hub(&CUSTOMER, &obj);
+    let (body, remark) = inward.create_body(&CUSTOMER, &mapped.fields, "cus_1");
+    assert_eq!(body["name"], json!("a@x.io"), "the hub's required name is filled");
+    assert!(remark.unwrap().contains("no name"));
 }
 
 #[test]
@@ -92,7 +87,7 @@ fn config_defaults_and_debug_hide_secrets() {
     assert_eq!(c.default_rate_limit(), Some(config::LIVE_MODE_RATE));
     assert_eq!(connector("").default_rate_limit(), Some(config::TEST_MODE_RATE));
     assert_eq!(connector("api_rate_limit = 5").default_rate_limit(), Some(5.0));
-    assert_eq!(c.inward().unwrap().poll_interval(), Some(Duration::from_secs(60)));
+    assert_eq!(c.inward().unwrap().poll_interval(), None, "webhooks only unless poll_interval is set");
     assert_eq!(connector("poll_interval = \"5s\"").inward().unwrap().poll_interval(), Some(Duration::from_secs(5)));
     assert!(toml::from_str::<StripeConfig>("secret_key = \"x\"\nsecret = 1").is_err(), "unknown keys are refused");
     assert!(crate::build("s", "stripe", toml::from_str("secret_key = \"\"").unwrap()).is_err());
@@ -109,11 +104,11 @@ fn webhook_signatures_are_checked_before_anything_else() {
         h
     };
     for secret in ["whsec_new", "whsec_old"] {
-        let ok = c.verify_webhook(&headers(&signature::sign(secret, now, body)), body, now + 10).unwrap();
-        assert_eq!((ok.id.as_str(), ok.kind.as_str(), ok.created), ("evt_1", "customer.updated", 100));
+        let ok = c.parse_webhook(&headers(&signature::sign(secret, now, body)), body, now + 10).unwrap();
+        assert_eq!((ok.event_id.as_str(), ok.event_type.as_str(), ok.occurred_at), ("evt_1", "customer.updated", 100));
     }
     let good = signature::sign("whsec_new", now, body);
-    let err = |h: reqwest::header::HeaderMap, b: &[u8], at: i64| c.verify_webhook(&h, b, at).unwrap_err().to_string();
+    let err = |h: reqwest::header::HeaderMap, b: &[u8], at: i64| c.parse_webhook(&h, b, at).unwrap_err().to_string();
     assert_eq!(err(reqwest::header::HeaderMap::new(), body, now), "bad signature: missing signature header");
     assert_eq!(err(headers("t=abc"), body, now), "bad signature: malformed signature header");
     assert_eq!(
@@ -125,20 +120,21 @@ fn webhook_signatures_are_checked_before_anything_else() {
     let not_event = b"{\"hello\":1}";
     assert!(err(headers(&signature::sign("whsec_new", now, not_event)), not_event, now).starts_with("bad payload"));
     let unsigned = connector("");
-    assert!(matches!(unsigned.verify_webhook(&headers(&good), body, now), Err(WebhookError::NotConfigured)));
+    assert!(matches!(unsigned.parse_webhook(&headers(&good), body, now), Err(WebhookError::NotConfigured)));
 }
 
 #[test]
 fn event_types_map_to_entities() {
     let event = |kind: &str, object: &str| {
-        StripeEvent::from_value(
+        parse_event(
             &json!({"id": "evt", "type": kind, "created": 1, "data": {"object": {"id": "x", "object": object}}}),
         )
         .unwrap()
     };
-    assert_eq!(event("customer.updated", "customer").entity().map(|e| e.name), Some("customer"));
-    assert_eq!(event("invoice.paid", "invoice").entity().map(|e| e.name), Some("invoice"));
-    assert_eq!(event("charge.succeeded", "charge").entity(), None);
-    assert_eq!(event("customer.source.created", "card").entity(), None);
-    assert!(StripeEvent::from_value(&json!({"id": "evt"})).is_err());
+    assert_eq!(event("customer.updated", "customer").entity.map(|e| e.name), Some("customer"));
+    assert_eq!(event("invoice.paid", "invoice").entity.map(|e| e.name), Some("invoice"));
+    assert_eq!(event("charge.succeeded", "charge").entity, None);
+    assert_eq!(event("customer.source.created", "card").entity, None);
+    assert!(event("customer.deleted", "customer").deleted);
+    assert!(parse_event(&json!({"id": "evt"})).is_err());
 }
