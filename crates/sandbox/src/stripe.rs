@@ -31,6 +31,9 @@ pub struct StripeOptions {
     pub rate_limit: Option<f64>,
     /// Delays between webhook delivery attempts (its length + 1 = attempts).
     pub webhook_retries: Vec<Duration>,
+    /// Seconds added to this Stripe's clock (event and object times): a negative
+    /// value plays a hub whose clock runs ahead of Stripe's.
+    pub clock_offset: i64,
 }
 
 impl Default for StripeOptions {
@@ -40,6 +43,7 @@ impl Default for StripeOptions {
             error_rate: 0.0,
             rate_limit: None,
             webhook_retries: vec![Duration::from_millis(200), Duration::from_secs(1), Duration::from_secs(5)],
+            clock_offset: 0,
         }
     }
 }
@@ -151,15 +155,32 @@ impl StripeSandbox {
         format!("{prefix}_{:010}{:06x}", d.counter, rand::random::<u32>() & 0xff_ffff)
     }
 
+    /// This Stripe's clock (seconds), `clock_offset` applied.
+    fn now(&self) -> i64 {
+        chrono::Utc::now().timestamp() + self.options.clock_offset
+    }
+
+    /// Records an event of any type at a chosen time (tests: events this subset
+    /// has no API for, such as invoices, or events from the past) and sends it.
+    pub fn inject_event(&self, kind: &str, object: Value, created: i64) -> String {
+        let mut d = self.lock();
+        self.emit_at(&mut d, kind, object, None, created)
+    }
+
     /// Records an event and sends it to every webhook endpoint.
     fn emit(&self, d: &mut Data, kind: &str, object: Value, previous: Option<Value>) {
+        let now = self.now();
+        self.emit_at(d, kind, object, previous, now);
+    }
+
+    fn emit_at(&self, d: &mut Data, kind: &str, object: Value, previous: Option<Value>, created: i64) -> String {
         let id = Self::next_id(d, "evt");
         let mut data = json!({"object": object});
         if let Some(p) = previous {
             data["previous_attributes"] = p;
         }
         let event = json!({
-            "id": id, "object": "event", "type": kind, "created": chrono::Utc::now().timestamp(),
+            "id": id, "object": "event", "type": kind, "created": created,
             "livemode": false, "pending_webhooks": d.webhooks.len(), "data": data,
         });
         d.events.push(event.clone());
@@ -168,6 +189,7 @@ impl StripeSandbox {
             let event = event.clone();
             tokio::spawn(async move { sandbox.send_webhook(url, secret, event).await });
         }
+        id
     }
 
     async fn send_webhook(self, url: String, secret: String, event: Value) {
@@ -355,7 +377,7 @@ async fn create_customer(
     s.idempotent(&headers, &method, "/v1/customers", &params, |d| {
         let id = StripeSandbox::next_id(d, "cus");
         let mut customer = json!({
-            "id": id, "object": "customer", "created": chrono::Utc::now().timestamp(), "livemode": false,
+            "id": id, "object": "customer", "created": sandbox.now(), "livemode": false,
             "name": null, "email": null, "description": null, "phone": null, "metadata": {},
         });
         if let Err(e) = apply_params(&mut customer, &params) {

@@ -166,13 +166,14 @@ impl Store {
     }
 
     /// Takes the right to apply a `received` row for `lease_ms`. False when it is
-    /// settled or another applier holds an unexpired lease.
+    /// settled, another applier holds an unexpired lease, or its retry is not due
+    /// (a re-delivered or re-polled event does not skip the backoff).
     pub async fn inbox_claim(&self, id: i64, lease_ms: i64) -> Result<bool> {
         let now = now_ms();
         on_write!(self, |pool, _d| {
             let n = sqlx::query(
                 "UPDATE inbox SET lease_until = $2 WHERE id = $1 AND outcome = 'received' \
-                 AND (lease_until IS NULL OR lease_until < $3)",
+                 AND (lease_until IS NULL OR lease_until < $3) AND (next_attempt_at IS NULL OR next_attempt_at <= $3)",
             )
             .bind(id)
             .bind(now + lease_ms)
