@@ -12,6 +12,7 @@ mod deliveries;
 pub mod error;
 mod extract;
 mod openapi;
+mod openapi_ops;
 mod ops;
 mod seed;
 mod stream;
@@ -34,6 +35,7 @@ use tokio::sync::watch;
 
 pub use auth::{ApiTokens, ClientConfigError, ClientSpec, Clients, Principal};
 pub use error::{ApiError, ItemFieldError};
+pub use openapi::build as openapi_document;
 pub use sync::{decode_cursor, encode_cursor};
 
 /// Timing of the live endpoints (`/v1/stream`, long-polls on `/v1/changes`).

@@ -193,12 +193,11 @@ pub fn build() -> Value {
                     "data": {"type": "array", "items": reading.clone()}}})),
                 "422": error_response("invalid records; nothing applied")}}}),
     );
-    paths.insert(
-        "/v1/readings/".into(),
-        json!({"get": {"tags": ["sync"], "summary": "All stock readings in the seed's shape, newest first",
-            "responses": {"200": ok("readings", json!({"type": "object", "properties": {
-                "data": {"type": "array", "items": reading}}}))}}}),
-    );
+    let readings = json!({"get": {"tags": ["sync"], "summary": "All stock readings in the seed's shape, newest first",
+        "responses": {"200": ok("readings", json!({"type": "object", "properties": {
+            "data": {"type": "array", "items": reading}}}))}}});
+    paths.insert("/v1/readings".into(), readings.clone());
+    paths.insert("/v1/readings/".into(), readings);
     paths.insert(
         "/webhooks/{system}".into(),
         json!({"post": {"tags": ["webhooks"], "security": [],
@@ -207,12 +206,15 @@ pub fn build() -> Value {
             "responses": {
                 "200": ok("recorded in the inbox (and applied)", json!({"type": "object", "properties": {
                     "event_id": {"type": "string"},
-                    "outcome": {"type": "string", "enum": ["received", "applied", "echo", "stale", "ignored", "rejected", "failed"]},
-                    "duplicate": {"type": "boolean"}}})),
+                    "outcome": {"type": "string", "enum": ["received", "applied", "echo", "stale", "ignored", "rejected", "dead"],
+                        "description": "received: recorded, not applied yet (retried with backoff; see remarks)"},
+                    "duplicate": {"type": "boolean"},
+                    "remarks": {"type": "string"}}})),
                 "400": error_response("missing, malformed, wrong or expired signature, or not an event; nothing stored"),
                 "404": error_response("no such system, or it takes no webhooks"),
                 "503": error_response("could not be recorded; retry")}}}),
     );
+    crate::openapi_ops::add(&mut paths, &mut schemas);
     for (path, summary) in
         [("/healthz", "Liveness"), ("/readyz", "Readiness: the database answers"), ("/metrics", "Prometheus metrics")]
     {

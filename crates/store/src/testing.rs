@@ -30,6 +30,17 @@ fn unique_name() -> String {
     syncflow_core::id::new_id("t").replace('_', "")
 }
 
+/// Says on the real stderr — not the captured output libtest hides for passing
+/// tests — that a test did not run, so a plain `cargo test` without the services
+/// cannot pass silently. (`scripts/test` sets `SYNCFLOW_REQUIRE_*=1`, which turns
+/// a skip into a failure.)
+pub fn skipped(what: &str, why: &str) {
+    use std::io::Write;
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("a test");
+    let _ = writeln!(std::io::stderr(), "\n*** SKIPPED {what} of {test}: {why} ***");
+}
+
 pub async fn sqlite() -> TestStore {
     let file = std::env::temp_dir().join(format!("syncflow-test-{}.db", unique_name()));
     let url = format!("sqlite:{}", file.display());
@@ -44,7 +55,7 @@ pub async fn postgres_url() -> Option<String> {
         if std::env::var("SYNCFLOW_REQUIRE_POSTGRES").as_deref() == Ok("1") {
             panic!("SYNCFLOW_REQUIRE_POSTGRES=1 but SYNCFLOW_TEST_DATABASE_URL is not set");
         }
-        eprintln!("skipping PostgreSQL variant: SYNCFLOW_TEST_DATABASE_URL is not set");
+        skipped("PostgreSQL variant", "SYNCFLOW_TEST_DATABASE_URL is not set (scripts/test starts a cluster)");
         return None;
     };
     let name = format!("sf_{}", unique_name());

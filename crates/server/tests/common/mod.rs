@@ -17,7 +17,7 @@ pub const ADMIN: &str = "admin-token";
 pub struct App {
     pub state: AppState,
     pub router: Router,
-    _store: TestStore,
+    _store: Option<TestStore>,
 }
 
 pub fn client(id: &str, token: &str, entities: Option<&[&str]>) -> ClientSpec {
@@ -38,13 +38,18 @@ impl App {
         let tokens = ApiTokens::parse(ADMIN);
         let clients = Clients::new(clients, &tokens).expect("valid clients");
         let state = AppState::new(t.store.clone(), tokens).with_clients(clients).with_live(live);
-        App { router: router(state.clone()), state, _store: t }
+        App { router: router(state.clone()), state, _store: Some(t) }
+    }
+
+    /// An app over a prepared state (systems configured, for example).
+    pub fn from_state(state: AppState) -> App {
+        App { router: router(state.clone()), state, _store: None }
     }
 
     /// An app with no tokens at all (open, as on loopback by default).
     pub fn open(t: TestStore) -> App {
         let state = AppState::new(t.store.clone(), ApiTokens::default());
-        App { router: router(state.clone()), state, _store: t }
+        App { router: router(state.clone()), state, _store: Some(t) }
     }
 
     pub async fn send(

@@ -1,0 +1,143 @@
+//! The operator part of `/openapi.json`: systems, deliveries (the transaction
+//! table), conflicts and the inbox. `tests/api.rs` checks that every route the
+//! router serves is described.
+
+use serde_json::{json, Map, Value};
+
+fn list_of(description: &str, item: Value) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": {"type": "object", "properties": {
+        "object": {"const": "list"}, "data": {"type": "array", "items": item}, "has_more": {"type": "boolean"}}}}}})
+}
+
+fn one(description: &str, schema: Value) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": schema}}})
+}
+
+fn error(description: &str) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+}
+
+fn param(name: &str, place: &str, description: &str) -> Value {
+    json!({"name": name, "in": place, "required": place == "path", "description": description, "schema": {"type": "string"}})
+}
+
+/// Adds the operator paths and their schemas.
+pub(crate) fn add(paths: &mut Map<String, Value>, schemas: &mut Map<String, Value>) {
+    schemas.insert(
+        "Delivery".into(),
+        json!({"type": "object", "properties": {
+            "id": {"type": "integer"}, "change_seq": {"type": "integer"}, "system": {"type": "string"},
+            "kind": {"type": "string", "enum": ["change", "callback"]}, "entity": {"type": "string"},
+            "record_id": {"type": "string"}, "op": {"type": "string"},
+            "status": {"type": "string", "enum": ["pending", "in_flight", "delivered", "retrying", "dead", "skipped"]},
+            "attempts": {"type": "integer"}, "http_status": {"type": ["integer", "null"]},
+            "external_id": {"type": ["string", "null"]}, "remarks": {"type": ["string", "null"]},
+            "created_at": {"type": "string", "format": "date-time"}}}),
+    );
+    schemas.insert(
+        "Conflict".into(),
+        json!({"type": "object", "properties": {
+            "id": {"type": "integer"}, "system": {"type": "string"}, "entity": {"type": "string"},
+            "record_id": {"type": "string"}, "field": {"type": "string"}, "hub_value": {}, "external_value": {},
+            "policy": {"type": "string", "enum": ["external_wins", "hub_wins", "newest_wins", "manual"]},
+            "winner": {"type": ["string", "null"], "enum": ["hub", "external", null]},
+            "status": {"type": "string", "enum": ["open", "resolved"]},
+            "resolution": {"type": ["string", "null"]}, "created_at": {"type": "string", "format": "date-time"}}}),
+    );
+    schemas.insert(
+        "InboxEvent".into(),
+        json!({"type": "object", "properties": {
+            "id": {"type": "integer"}, "system": {"type": "string"}, "event_id": {"type": "string"},
+            "type": {"type": "string"}, "external_id": {"type": ["string", "null"]},
+            "outcome": {"type": "string", "enum": ["received", "applied", "echo", "stale", "ignored", "rejected", "dead", "failed"]},
+            "attempts": {"type": "integer"}, "record_id": {"type": ["string", "null"]},
+            "remarks": {"type": ["string", "null"]}}}),
+    );
+    let delivery = json!({"$ref": "#/components/schemas/Delivery"});
+    let conflict = json!({"$ref": "#/components/schemas/Conflict"});
+    let name = param("name", "path", "system name");
+    let id = param("id", "path", "id");
+    let ops = |summary: &str| json!({"tags": ["operations"], "summary": summary});
+    let with = |mut op: Value, params: Vec<Value>, responses: Value| {
+        op["parameters"] = Value::Array(params);
+        op["responses"] = responses;
+        op
+    };
+    paths.insert(
+        "/v1/systems".into(),
+        json!({"get": with(ops("Configured systems with their queues and the dispatch lag"), vec![],
+            json!({"200": one("systems", json!({"type": "object"}))}))}),
+    );
+    for (path, summary) in [
+        ("/v1/systems/{name}/pause", "Pause deliveries to a system"),
+        ("/v1/systems/{name}/resume", "Resume deliveries to a system"),
+        ("/v1/systems/{name}/replay", "Requeue a system's dead deliveries"),
+        (
+            "/v1/systems/{name}/inbox/replay",
+            "Apply a system's rejected and dead inward events again (?event_id= for one)",
+        ),
+    ] {
+        paths.insert(
+            path.into(),
+            json!({"post": with(ops(summary), vec![name.clone()],
+                json!({"200": one("done", json!({"type": "object"})), "404": error("no such system")}))}),
+        );
+    }
+    paths.insert(
+        "/v1/deliveries".into(),
+        json!({"get": with(ops("The transaction table, filtered"), vec![
+                param("system", "query", "system name"), param("status", "query", "delivery status"),
+                param("record_id", "query", "hub record id"), param("limit", "query", "1–1000")],
+            json!({"200": list_of("deliveries", delivery.clone()), "400": error("bad filter")}))}),
+    );
+    paths.insert(
+        "/v1/deliveries/{id}".into(),
+        json!({"get": with(ops("One delivery with its attempt history"), vec![id.clone()],
+            json!({"200": one("the delivery", delivery.clone()), "404": error("no such delivery")}))}),
+    );
+    paths.insert(
+        "/v1/deliveries/{id}/retry".into(),
+        json!({"post": with(ops("Requeue one dead delivery"), vec![id.clone()],
+            json!({"200": one("requeued", delivery.clone()), "404": error("no such dead delivery")}))}),
+    );
+    paths.insert(
+        "/v1/changes/{seq}/deliveries".into(),
+        json!({"get": with(ops("Deliveries of one change"), vec![param("seq", "path", "change sequence")],
+            json!({"200": list_of("deliveries", delivery)}))}),
+    );
+    paths.insert(
+        "/v1/conflicts".into(),
+        json!({"get": with(ops("Same-field conflicts, newest first"), vec![
+                param("system", "query", "system name"), param("record_id", "query", "hub record id"),
+                param("status", "query", "open or resolved"), param("before", "query", "conflict id (paging)"),
+                param("limit", "query", "1–500")],
+            json!({"200": list_of("conflicts", conflict.clone()), "400": error("bad filter")}))}),
+    );
+    paths.insert(
+        "/v1/conflicts/{id}".into(),
+        json!({"get": with(ops("One conflict"), vec![id.clone()],
+            json!({"200": one("the conflict", conflict.clone()), "404": error("no such conflict")}))}),
+    );
+    paths.insert(
+        "/v1/conflicts/{id}/resolve".into(),
+        json!({"post": {
+            "tags": ["operations"],
+            "summary": "Resolve an open conflict: keep the hub's value, the external one, or a new value",
+            "parameters": [id],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object",
+                "required": ["keep"], "properties": {"keep": {"type": "string", "enum": ["hub", "external", "value"]},
+                "value": {"description": "with keep = value"}}}}}},
+            "responses": {"200": one("resolved; the record as written", json!({"type": "object", "properties": {
+                    "conflict": conflict, "record": {"type": "object"}}})),
+                "400": error("bad body"), "404": error("no such conflict"), "409": error("already resolved")}}}),
+    );
+    paths.insert(
+        "/v1/inbox".into(),
+        json!({"get": with(ops("Inward events of a system, oldest first"), vec![
+                json!({"name": "system", "in": "query", "required": true, "schema": {"type": "string"}}),
+                param("outcome", "query", "received, applied, echo, stale, ignored, rejected, dead"),
+                param("after", "query", "inbox id (paging)"), param("limit", "query", "1–500")],
+            json!({"200": list_of("inward events", json!({"$ref": "#/components/schemas/InboxEvent"})),
+                "400": error("bad filter"), "404": error("no such system")}))}),
+    );
+}
