@@ -282,8 +282,7 @@ async fn an_event_that_cannot_apply_yet_is_retried_then_dead_and_the_poll_cursor
     let report = rig.pipeline.poll(true).await.unwrap();
     assert_eq!((report.fetched, report.applied), (2, 1), "{report:?}");
     assert_eq!(s.cursor("poll:stripe").await.unwrap().as_deref(), Some("1000"), "the cursor waits before the invoice");
-    let row =
-        s.inbox_event("stripe", &rig.events().await[0]["id"].as_str().unwrap().to_string()).await.unwrap().unwrap();
+    let row = s.inbox_event("stripe", rig.events().await[0]["id"].as_str().unwrap()).await.unwrap().unwrap();
     assert_eq!((row.outcome, row.attempts), (InboxOutcome::Received, 1), "{row:?}");
     assert!(row.remarks.as_deref().unwrap().contains("not linked"), "{row:?}");
 
