@@ -123,7 +123,7 @@ async fn links_of_a_page_come_in_one_read(t: TestStore) {
     assert_eq!(links.len(), 1);
     assert_eq!(links[&a.id][0].external_id, "cus_a");
     assert!(!links.contains_key(&b.id));
-    assert!(s.links_of(&INVOICE, &[a.id.clone()]).await.unwrap().is_empty(), "links are per entity");
+    assert!(s.links_of(&INVOICE, std::slice::from_ref(&a.id)).await.unwrap().is_empty(), "links are per entity");
 }
 
 async fn changes_list_by_record_in_both_orders(t: TestStore) {
