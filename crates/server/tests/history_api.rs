@@ -148,6 +148,20 @@ async fn history_and_changes_by_record(t: TestStore) {
     assert_eq!(get(&app, "/v1/changes?order=desc&wait=1s").await.status, StatusCode::BAD_REQUEST);
     let all_desc = get(&app, "/v1/changes?order=desc").await.body;
     assert_eq!(all_desc["data"][0]["seq"], 3);
+
+    // The OpenAPI document describes the new route and parameters.
+    let doc = get(&app, "/openapi.json").await.body;
+    assert!(doc["paths"]["/v1/customers/{id}/history"]["get"].is_object());
+    let names = |path: &str, method: &str| -> Vec<String> {
+        doc["paths"][path][method]["parameters"]
+            .as_array()
+            .map(|ps| ps.iter().map(|p| p["name"].as_str().unwrap_or("").to_string()).collect())
+            .unwrap_or_default()
+    };
+    assert!(names("/v1/changes", "get").contains(&"record_id".to_string()));
+    assert!(names("/v1/deliveries", "get").contains(&"order".to_string()));
+    assert!(names("/v1/customers", "post").contains(&"Idempotency-Key".to_string()));
+    assert!(names("/v1/customers/{id}", "get").contains(&"include_deleted".to_string()));
 }
 
 async fn lists_run_both_ways_and_deliveries_newest_first(t: TestStore) {
