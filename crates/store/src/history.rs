@@ -277,6 +277,14 @@ impl Store {
         Ok(out)
     }
 
+    /// Names of the systems the transaction table has deliveries for (to tell an
+    /// operator which names exist when the config is not at hand).
+    pub async fn delivery_systems(&self) -> Result<Vec<String>> {
+        on_read!(self, |pool, _d| {
+            Ok(sqlx::query_scalar("SELECT DISTINCT system FROM deliveries ORDER BY system").fetch_all(pool).await?)
+        })
+    }
+
     /// Everything the hub knows happened to one record, or `None` when it has
     /// neither a row nor a change. Reads a fixed number of queries whatever the
     /// record's age (each capped at the newest `HISTORY_CAP` rows).
