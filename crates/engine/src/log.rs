@@ -44,14 +44,14 @@ pub(crate) fn outcomes(items: &[(&Delivery, &Finish)], recorded: &[bool]) {
         if !ok {
             continue;
         }
-        let remarks = f.remarks.as_deref().unwrap_or("");
+        let remarks = f.remarks.as_deref();
         match f.status {
             DeliveryStatus::Retrying => {
                 let retry_in = seconds(f.next_attempt_at.unwrap_or_else(now_ms) - now_ms());
                 tracing::warn!(
                     target: TARGET,
                     system = %d.system, record = %record(d), delivery = d.id, change = d.change_seq,
-                    kind = what(d), attempt = d.attempts, retry_in = %retry_in, remarks,
+                    kind = %what(d), attempt = d.attempts, retry_in = %retry_in, remarks,
                     "delivery failed; will retry"
                 );
             }
@@ -59,7 +59,7 @@ pub(crate) fn outcomes(items: &[(&Delivery, &Finish)], recorded: &[bool]) {
                 tracing::warn!(
                     target: TARGET,
                     system = %d.system, record = %record(d), delivery = d.id, change = d.change_seq,
-                    kind = what(d), attempt = d.attempts, remarks,
+                    kind = %what(d), attempt = d.attempts, remarks,
                     "delivery is dead (replay with POST /v1/deliveries/{}/retry)", d.id
                 );
             }
@@ -67,7 +67,7 @@ pub(crate) fn outcomes(items: &[(&Delivery, &Finish)], recorded: &[bool]) {
                 tracing::info!(
                     target: TARGET,
                     system = %d.system, record = %record(d), delivery = d.id, change = d.change_seq,
-                    kind = what(d), attempt = d.attempts, remarks,
+                    kind = %what(d), attempt = d.attempts, remarks,
                     "delivered after {} attempts", d.attempts
                 );
             }
@@ -75,7 +75,7 @@ pub(crate) fn outcomes(items: &[(&Delivery, &Finish)], recorded: &[bool]) {
                 tracing::debug!(
                     target: TARGET,
                     system = %d.system, record = %record(d), delivery = d.id, change = d.change_seq,
-                    kind = what(d), attempt = d.attempts, status = status.as_str(), remarks,
+                    kind = %what(d), attempt = d.attempts, status = status.as_str(), remarks,
                     "delivery recorded"
                 );
             }

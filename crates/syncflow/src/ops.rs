@@ -151,7 +151,7 @@ pub async fn history(store: Store, id: &str, entity: Option<&str>, json: bool) -
     println!("{:<24}  {:<8}  {:<10}  {:<12}  {:<44}  REMARKS", "AT", "KIND", "SYSTEM", "OUTCOME", "WHAT");
     let timeline = h.timeline();
     for e in &timeline {
-        println!(
+        let row = format!(
             "{:<24}  {:<8}  {:<10}  {:<12}  {:<44}  {}",
             e.at,
             e.kind,
@@ -160,6 +160,7 @@ pub async fn history(store: Store, id: &str, entity: Option<&str>, json: bool) -
             e.reference,
             e.remarks.as_deref().unwrap_or("")
         );
+        println!("{}", row.trim_end());
     }
     eprintln!(
         "{} events: {} changes, {} deliveries, {} inward events, {} conflicts",
