@@ -1,5 +1,5 @@
 //! `Idempotency-Key` on `POST`/`PATCH`/`DELETE` under `/v1`: a retried request
-//! (same key, same method, path and body, same caller) gets the first response
+//! (same key, same method, path, `If-Match` and body, same caller) gets the first response
 //! again — status, body, `ETag`, `Location` — for 24 hours, instead of running
 //! twice. The same key with a different request is a 422
 //! (`idempotency_key_reused`). Keys belong to the caller's token (a hash of it,
@@ -95,7 +95,9 @@ pub(crate) async fn guard(State(state): State<AppState>, req: Request, next: Nex
         return ApiError::PayloadTooLarge.into_response();
     };
     let target = parts.uri.path_and_query().map_or("", |p| p.as_str());
-    let hash = sha256_hex(&[parts.method.as_str().as_bytes(), target.as_bytes(), &bytes]);
+    // `If-Match` is part of the request: the same body against another version is another request.
+    let if_match = parts.headers.get("if-match").map_or(&b""[..], |v| v.as_bytes());
+    let hash = sha256_hex(&[parts.method.as_str().as_bytes(), target.as_bytes(), if_match, &bytes]);
     let store = &state.store;
     let deadline = Instant::now() + WAIT_FOR_FIRST;
     loop {
