@@ -56,7 +56,7 @@ async fn deliver_all(store: &Store, system: &str) -> Vec<String> {
     let routes = [Route { system: system.into(), entities: vec!["customer".into()] }];
     store.dispatch(&routes, 1000).await.unwrap();
     let mut linked = Vec::new();
-    for (n, c) in store.claim(system, "n", 100, 60_000).await.unwrap().into_iter().enumerate() {
+    for (n, c) in store.claim(system, "n", 100, 60_000, &[]).await.unwrap().into_iter().enumerate() {
         let ext = format!("cus_{n}");
         let f = Finish {
             status: DeliveryStatus::Delivered,
@@ -114,6 +114,8 @@ async fn history_and_changes_by_record(t: TestStore) {
     let id = a["id"].as_str().unwrap().to_string();
     send(&app, "POST", "/v1/customers", &[], Some(json!({"name": "Other"}))).await;
     deliver_all(&t.store, "stripe").await;
+    // The timeline orders by time (ms for attempts): let the clock move.
+    tokio::time::sleep(std::time::Duration::from_millis(3)).await;
     send(&app, "PATCH", &format!("/v1/customers/{id}"), &[], Some(json!({"name": "Ada L."}))).await;
 
     let h = get(&app, &format!("/v1/customers/{id}/history")).await;

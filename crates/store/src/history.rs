@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use sqlx::Row;
 use syncflow_core::{Change, Entity, Record};
 
+use crate::conflicts::ConflictFilter;
 use crate::deliveries::{ms_to_timestamp, Attempt, Delivery, Link, Status};
 use crate::inbox::InboxEvent;
 use crate::{on_read, Backend, Result, Store};
@@ -43,8 +44,8 @@ pub struct RecordHistory {
     /// Inward events (inbox rows) that were applied to it or name one of its
     /// external ids, oldest first.
     pub inward: Vec<InboxEvent>,
-    /// Same-field conflicts recorded for it. Filled by the conflicts table
-    /// (issue 9); empty until then.
+    /// Same-field conflicts recorded for it (rows of the `conflicts` table as
+    /// JSON, `created_at`/`resolved_at` as timestamps), oldest first.
     pub conflicts: Vec<Value>,
 }
 
@@ -136,16 +137,26 @@ impl RecordHistory {
             }
         }
         for c in &self.conflicts {
-            let at = c.get("created_at").and_then(Value::as_str).unwrap_or("");
-            let at_ms = parse_ms(at);
+            let text = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+            let at_ms = parse_ms(&text("created_at"));
+            let outcome = match c.get("winner").and_then(Value::as_str) {
+                Some(w) => format!("{w} won"),
+                None => text("status"),
+            };
             out.push(TimelineEntry {
                 at_ms,
                 at: ms_to_timestamp(at_ms),
                 kind: "conflict",
-                system: c.get("system").and_then(Value::as_str).unwrap_or("").to_string(),
-                outcome: c.get("resolution").and_then(Value::as_str).unwrap_or("recorded").to_string(),
-                reference: c.get("field").and_then(Value::as_str).unwrap_or("").to_string(),
-                remarks: c.get("remarks").and_then(Value::as_str).map(str::to_string),
+                system: text("system"),
+                outcome,
+                reference: format!("conflict {} on {}", c.get("id").cloned().unwrap_or(Value::Null), text("field")),
+                remarks: Some(format!(
+                    "hub had {}, {} had {} ({} policy)",
+                    c.get("hub_value").cloned().unwrap_or(Value::Null),
+                    text("system"),
+                    c.get("external_value").cloned().unwrap_or(Value::Null),
+                    text("policy")
+                )),
             });
         }
         let rank = |k: &str| match k {
@@ -352,6 +363,14 @@ impl Store {
             .into_iter()
             .map(|delivery| DeliveryHistory { attempts: attempts.remove(&delivery.id).unwrap_or_default(), delivery })
             .collect();
+        let filter = ConflictFilter { record_id: Some(id.to_string()), limit: 1000, ..Default::default() };
+        let mut conflicts: Vec<Value> = Vec::new();
+        for c in self.conflicts(&filter).await?.into_iter().rev().filter(|c| c.entity == entity.name) {
+            let mut v = serde_json::to_value(&c).map_err(|e| crate::StoreError::Corrupt(e.to_string()))?;
+            v["created_at"] = Value::String(ms_to_timestamp(c.created_at));
+            v["resolved_at"] = c.resolved_at.map_or(Value::Null, |t| Value::String(ms_to_timestamp(t)));
+            conflicts.push(v);
+        }
         let skip = changes.len().saturating_sub(HISTORY_CAP);
         Ok(Some(RecordHistory {
             entity: entity.name,
@@ -361,7 +380,7 @@ impl Store {
             changes: changes.into_iter().skip(skip).collect(),
             deliveries,
             inward,
-            conflicts: Vec::new(),
+            conflicts,
         }))
     }
 }

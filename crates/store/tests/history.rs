@@ -2,6 +2,7 @@
 //! orders and by record, dispatch lag, idempotency keys — on SQLite and PostgreSQL.
 
 use serde_json::{json, Map, Value};
+use syncflow_core::sync::{MergePolicy, NewConflict};
 use syncflow_core::{CUSTOMER, INVOICE};
 use syncflow_store::testing::TestStore;
 use syncflow_store::{
@@ -45,14 +46,17 @@ async fn history_tells_a_records_story_in_time_order(t: TestStore) {
     let other = s.create(&CUSTOMER, &obj(json!({"name": "Other"})), "api").await.unwrap();
     s.dispatch(&stripe_route(), 100).await.unwrap();
     // First attempt: a 503, retried; second: delivered, linked to cus_1.
-    let claimed = s.claim("stripe", "n", 1, 60_000).await.unwrap();
+    let claimed = s.claim("stripe", "n", 1, 60_000, &[]).await.unwrap();
     assert_eq!(claimed[0].delivery.record_id, c.id);
     let retry = finish(DeliveryStatus::Retrying, 503, Some("HTTP 503 from stripe"), None);
     assert!(s.finish(&claimed[0].delivery, "n", &retry).await.unwrap());
-    let claimed = s.claim("stripe", "n", 10, 60_000).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    let claimed = s.claim("stripe", "n", 10, 60_000, &[]).await.unwrap();
     let mine = claimed.iter().find(|c2| c2.delivery.record_id == c.id).expect("retry is due");
     let link = LinkUpdate { external_id: "cus_1".into(), synced_version: 1, fingerprint: None, snapshot: None };
     assert!(s.finish(&mine.delivery, "n", &finish(DeliveryStatus::Delivered, 200, None, Some(link))).await.unwrap());
+    // Timelines are ordered by time (ms for attempts and events): let the clock move.
+    tokio::time::sleep(std::time::Duration::from_millis(3)).await;
     // An edit made in Stripe comes back in.
     let event = NewInboxEvent {
         system: "stripe".into(),
@@ -69,6 +73,14 @@ async fn history_tells_a_records_story_in_time_order(t: TestStore) {
         system: "stripe".into(),
         inbox: Some((row.id, InboxOutcome::Applied, Some("name changed in stripe".into()))),
         link: Some(LinkUpdate { external_id: "cus_1".into(), synced_version: 0, fingerprint: None, snapshot: None }),
+        conflicts: vec![NewConflict {
+            field: "name".into(),
+            hub_value: json!("Ada (hub edit)"),
+            external_value: json!("Ada L."),
+            policy: MergePolicy::ExternalWins,
+            winner: Some("external"),
+        }],
+        resync: false,
     };
     let patch = obj(json!({"name": "Ada L."}));
     s.apply_inward(&CUSTOMER, InwardOp::Update { id: &c.id, patch: &patch, expected_version: None }, &write)
@@ -86,7 +98,8 @@ async fn history_tells_a_records_story_in_time_order(t: TestStore) {
     assert_eq!(h.inward[0].outcome, InboxOutcome::Applied);
     assert_eq!(h.links_json()["stripe"]["id"], "cus_1");
     assert_eq!(h.links_json()["stripe"]["synced_version"], 2, "the inward write's version");
-    assert!(h.conflicts.is_empty());
+    assert_eq!(h.conflicts.len(), 1);
+    assert_eq!(h.conflicts[0]["field"], "name");
 
     let timeline: Vec<(&str, String)> = h.timeline().iter().map(|e| (e.kind, e.outcome.clone())).collect();
     let expected: Vec<(&str, String)> = vec![
@@ -95,6 +108,7 @@ async fn history_tells_a_records_story_in_time_order(t: TestStore) {
         ("delivery", "delivered".into()),
         ("change", "upsert v2".into()),
         ("inward", "applied".into()),
+        ("conflict", "external won".into()),
     ];
     assert_eq!(timeline, expected);
     let json = h.to_json();
@@ -103,7 +117,7 @@ async fn history_tells_a_records_story_in_time_order(t: TestStore) {
 
     // The other record's history holds only its own rows; an unknown id has none.
     let o = s.record_history(&CUSTOMER, &other.id).await.unwrap().unwrap();
-    assert!(o.inward.is_empty() && o.links.is_empty());
+    assert!(o.inward.is_empty() && o.links.is_empty() && o.conflicts.is_empty());
     // Claimed with the retry and not finished: in flight, shown by its current state.
     assert_eq!(o.deliveries[0].delivery.status, DeliveryStatus::InFlight);
     assert_eq!(o.timeline().last().map(|e| e.outcome.as_str()), Some("in_flight"));
@@ -115,7 +129,7 @@ async fn links_of_a_page_come_in_one_read(t: TestStore) {
     let a = s.create(&CUSTOMER, &obj(json!({"name": "A"})), "api").await.unwrap();
     let b = s.create(&CUSTOMER, &obj(json!({"name": "B"})), "api").await.unwrap();
     s.dispatch(&stripe_route(), 100).await.unwrap();
-    let claimed = s.claim("stripe", "n", 10, 60_000).await.unwrap();
+    let claimed = s.claim("stripe", "n", 10, 60_000, &[]).await.unwrap();
     let link = LinkUpdate { external_id: "cus_a".into(), synced_version: 1, fingerprint: None, snapshot: None };
     let ca = claimed.iter().find(|c| c.delivery.record_id == a.id).unwrap();
     s.finish(&ca.delivery, "n", &finish(DeliveryStatus::Delivered, 200, None, Some(link))).await.unwrap();
