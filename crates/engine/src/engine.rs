@@ -159,9 +159,14 @@ impl Engine {
     /// share one commit; when idle a batch is a single outcome, so nothing waits.
     async fn recorder(self: Arc<Self>, mut outcomes: mpsc::Receiver<Recorded>) {
         let mut batch = Vec::with_capacity(RECORD_BATCH);
+        let _backlog =
+            crate::log::BacklogReporter::spawn(self.store.clone(), self.systems().map(|s| s.name.clone()).collect());
         while outcomes.recv_many(&mut batch, RECORD_BATCH).await > 0 {
             let items: Vec<(&syncflow_store::Delivery, &Finish)> = batch.iter().map(|(d, f, _)| (d, f)).collect();
             let result = self.store.finish_many(&self.node, &items).await;
+            if let Ok(recorded) = &result {
+                crate::log::outcomes(&items, recorded);
+            }
             for (i, (_, _, reply)) in batch.drain(..).enumerate() {
                 let _ = reply.send(match &result {
                     Ok(r) => Ok(r[i]),

@@ -9,6 +9,7 @@ pub mod backfill;
 pub mod config;
 mod engine;
 pub mod inward;
+mod log;
 pub mod policy;
 
 pub use config::SystemConfig;

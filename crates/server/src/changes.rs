@@ -1,6 +1,7 @@
 //! `GET /v1/changes`: the change log, paged by sequence number, optionally filtered
-//! by entity, with long-polling (`wait=30s`): when nothing is new the request is
-//! held until a change commits or the wait ends.
+//! by entity or record, oldest first (`order=desc`: newest first), with
+//! long-polling (`wait=30s`, oldest-first only): when nothing is new the request
+//! is held until a change commits or the wait ends.
 //!
 //! Invariant kept here: `next_after` never passes a change the caller has not
 //! been given (or filtered out), so following it misses nothing.
@@ -12,6 +13,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+use syncflow_store::ChangeQuery;
+
 use crate::auth::Principal;
 use crate::extract::QueryMap;
 use crate::{ApiError, AppState};
@@ -22,7 +25,7 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new().route("/v1/changes", get(list))
 }
 
-const PARAMS: &[&str] = &["after", "limit", "wait", "entity"];
+const PARAMS: &[&str] = &["after", "limit", "wait", "entity", "record_id", "order"];
 
 /// Parses `wait`: `30s`, `1500ms`, `1m` or bare seconds, at most `max`.
 pub(crate) fn parse_wait(text: Option<&str>, max: Duration) -> Result<Duration, ApiError> {
@@ -51,15 +54,55 @@ async fn list(State(state): State<AppState>, principal: Principal, q: QueryMap) 
     if let Some((name, _)) = q.0.iter().find(|(k, _)| !PARAMS.contains(&k.as_str())) {
         return Err(ApiError::BadRequest(format!("unknown query parameter `{name}`; use {}", PARAMS.join(", "))));
     }
+    let desc = crate::catalog::descending(&q, false)?;
     let after = q.number("after", 0, 0, i64::MAX)?;
     let limit = q.number("limit", 100, 1, MAX_CHANGES)?;
     let wait = parse_wait(q.get("wait"), state.live.max_wait)?;
+    if desc && !wait.is_zero() {
+        return Err(ApiError::BadRequest("`wait` needs order=asc: only new changes can be waited for".into()));
+    }
     // A full-access caller without a filter sees every row, whatever its entity;
     // anyone else sees only the entities it names and may see.
     let entities = match (&principal, q.get("entity")) {
         (Principal::Operator, None) => None,
         (p, requested) => Some(p.entity_filter(requested)?),
     };
+    let record_id = q.get("record_id").map(str::to_string);
+    if desc || record_id.is_some() {
+        // A filtered or newest-first read: pages with `has_more`, no long-poll
+        // unless oldest first (then it waits like the plain log does).
+        let query = ChangeQuery {
+            after: q.get("after").map(|_| after),
+            limit: limit as usize,
+            descending: desc,
+            record_id,
+            entities: entities.map(|list| list.iter().map(|e| e.name).collect()),
+        };
+        let deadline = Instant::now() + wait;
+        let mut wake = state.store.subscribe();
+        let mut shutdown = state.shutdown_receiver();
+        loop {
+            wake.borrow_and_update();
+            let (changes, has_more) = state.store.change_list(&query).await?;
+            if !changes.is_empty() || Instant::now() >= deadline || *shutdown.borrow() {
+                // Oldest first, the cursor always moves on (a follower keeps polling);
+                // newest first it ends with the last page.
+                let next = match (changes.last(), desc) {
+                    (Some(c), false) => Some(c.seq),
+                    (None, false) => Some(after),
+                    (Some(c), true) if has_more => Some(c.seq),
+                    _ => None,
+                };
+                return Ok(Json(json!({"object": "list", "data": changes, "has_more": has_more, "next_after": next})));
+            }
+            let nap = deadline.saturating_duration_since(Instant::now()).min(state.live.fallback_poll);
+            tokio::select! {
+                _ = wake.changed() => {}
+                _ = shutdown.changed() => {}
+                _ = tokio::time::sleep(nap) => {}
+            }
+        }
+    }
     let deadline = Instant::now() + wait;
     let mut wake = state.store.subscribe();
     let mut shutdown = state.shutdown_receiver();

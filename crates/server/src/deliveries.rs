@@ -7,7 +7,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use syncflow_store::deliveries::ms_to_timestamp;
-use syncflow_store::{now_ms, Delivery, DeliveryFilter, DeliveryStatus};
+use syncflow_store::{now_ms, Delivery, DeliveryFilter, DeliveryStatus, Route};
 
 use crate::extract::QueryMap;
 use crate::{ApiError, AppState};
@@ -51,6 +51,11 @@ async fn systems(State(state): State<AppState>) -> Result<Json<Value>, ApiError>
     let paused = state.store.paused_systems().await?;
     let head = state.store.head_seq().await?;
     let cursor = state.store.dispatch_cursor().await?;
+    // Only changes some system will receive count as lag: with no systems, or
+    // none subscribed to what is waiting, nothing is behind.
+    let routes: Vec<Route> =
+        state.systems.iter().map(|s| Route { system: s.name.clone(), entities: s.entities.clone() }).collect();
+    let lag = state.store.dispatch_lag(&routes).await?;
     let now = now_ms();
     let data: Vec<Value> = state
         .systems
@@ -77,7 +82,7 @@ async fn systems(State(state): State<AppState>) -> Result<Json<Value>, ApiError>
     Ok(Json(json!({
         "object": "list",
         "data": data,
-        "dispatch": {"cursor": cursor, "head": head, "lag": (head - cursor).max(0)},
+        "dispatch": {"cursor": cursor, "head": head, "lag": lag},
     })))
 }
 
@@ -102,7 +107,7 @@ async fn replay(State(state): State<AppState>, Path(name): Path<String>, q: Quer
 }
 
 async fn list(State(state): State<AppState>, q: QueryMap) -> Result<Json<Value>, ApiError> {
-    const PARAMS: &[&str] = &["system", "status", "record_id", "change", "after", "limit"];
+    const PARAMS: &[&str] = &["system", "status", "record_id", "change", "after", "limit", "order"];
     if let Some((k, _)) = q.0.iter().find(|(k, _)| !PARAMS.contains(&k.as_str())) {
         return Err(ApiError::BadRequest(format!("unknown query parameter `{k}`; use {}", PARAMS.join(", "))));
     }
@@ -123,6 +128,8 @@ async fn list(State(state): State<AppState>, q: QueryMap) -> Result<Json<Value>,
         change_seq: q.get("change").map(|_| q.number("change", 0, 1, i64::MAX)).transpose()?,
         after_id: q.get("after").map(|_| q.number("after", 0, 0, i64::MAX)).transpose()?,
         limit: limit as usize + 1,
+        // Newest first unless asked otherwise: what an operator looks for (the CLI agrees).
+        descending: crate::catalog::descending(&q, true)?,
     };
     let mut rows = state.store.deliveries(&filter).await?;
     let has_more = rows.len() > limit as usize;

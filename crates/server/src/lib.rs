@@ -11,6 +11,7 @@ mod conflicts;
 mod deliveries;
 pub mod error;
 mod extract;
+mod idempotency;
 mod openapi;
 mod openapi_ops;
 mod ops;
@@ -142,6 +143,7 @@ pub fn router(state: AppState) -> Router {
         .merge(sync::routes())
         .merge(seed::routes())
         .merge(stream::routes())
+        .route_layer(middleware::from_fn_with_state(state.clone(), idempotency::guard))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
 
     Router::new()

@@ -34,7 +34,8 @@ pub fn build() -> Value {
             "type": "object", "required": ["code", "message"],
             "properties": {
                 "code": {"type": "string", "enum": ["bad_request", "unauthorized", "forbidden", "invalid_cursor", "not_found", "version_mismatch", "conflict",
-                    "unsupported_media_type", "payload_too_large", "validation_failed", "unavailable", "internal"]},
+                    "unsupported_media_type", "payload_too_large", "validation_failed", "unavailable", "internal",
+                    "idempotency_key_reused", "idempotency_key_in_use"]},
                 "message": {"type": "string"},
                 "fields": {"type": "array", "items": {"type": "object", "properties": {
                     "field": {"type": "string", "description": "field name, or a path such as changes[2].fields.email"},
@@ -56,6 +57,43 @@ pub fn build() -> Value {
         "description": "Record version (as in the ETag); the write fails with 412 if it has moved on.",
         "schema": {"type": "string"}});
     let id_param = json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}});
+    let idempotency_key = json!({"name": "Idempotency-Key", "in": "header", "required": false,
+        "description": "Makes the write safe to retry: the same key with the same request (per token) within 24 h \
+            gets the first response again (status, body, ETag; header Idempotent-Replayed: true) instead of running \
+            twice; the same key with a different request is a 422 idempotency_key_reused.",
+        "schema": {"type": "string", "maxLength": 255}});
+    let order = |default: &str, what: &str| {
+        json!({"name": "order", "in": "query", "description": format!("asc: oldest first; desc: newest first ({what}). \
+            `after` continues in the chosen direction."), "schema": {"type": "string", "enum": ["asc", "desc"], "default": default}})
+    };
+    schemas.insert(
+        "Links".into(),
+        json!({"type": "object", "description": "the record's id in each external system, by system name",
+            "additionalProperties": {"type": "object", "properties": {
+                "id": {"type": "string", "description": "the external id, e.g. cus_…"},
+                "synced_version": {"type": ["integer", "null"], "description": "record version last in agreement with that system"},
+                "synced_at": {"type": "string", "format": "date-time"}}}}),
+    );
+    schemas.insert(
+        "History".into(),
+        json!({"type": "object", "properties": {
+            "entity": {"type": "string"}, "record_id": {"type": "string"},
+            "record": {"type": ["object", "null"], "description": "current state (a tombstone when deleted)"},
+            "links": {"$ref": "#/components/schemas/Links"},
+            "timeline": {"type": "array", "description": "everything below, in time order", "items": {"type": "object", "properties": {
+                "at": {"type": "string", "format": "date-time"},
+                "kind": {"type": "string", "enum": ["change", "delivery", "inward", "conflict"]},
+                "system": {"type": "string", "description": "a change's origin, a delivery's target, an event's source"},
+                "outcome": {"type": "string", "description": "upsert v3, delivered, retrying, dead, skipped, applied, echo, stale, …"},
+                "reference": {"type": "string"}, "remarks": {"type": ["string", "null"]}}}},
+            "changes": {"type": "array", "items": {"$ref": "#/components/schemas/Change"}},
+            "deliveries": {"type": "object", "description": "per system: deliveries with status, remarks and attempt history",
+                "additionalProperties": {"type": "array", "items": {"type": "object"}}},
+            "inward": {"type": "array", "description": "inbox rows (webhooks, polls) applied to this record or naming its external ids",
+                "items": {"type": "object", "properties": {"system": {"type": "string"}, "event_id": {"type": "string"},
+                    "type": {"type": "string"}, "outcome": {"type": "string"}, "remarks": {"type": ["string", "null"]}}}},
+            "conflicts": {"type": "array", "items": {"type": "object"}, "description": "same-field conflicts recorded for it"}}}),
+    );
     for entity in ENTITIES.iter().copied() {
         let (record, input, patch) = schemas_for(entity);
         let title = capitalise(entity.name);
@@ -67,6 +105,7 @@ pub fn build() -> Value {
             json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}}),
             json!({"name": "after", "in": "query", "description": "id of the last record of the previous page", "schema": {"type": "string"}}),
             json!({"name": "include_deleted", "in": "query", "schema": {"type": "boolean", "default": false}}),
+            order("asc", "by id, which is creation time"),
         ];
         for f in filterable(entity) {
             list_params.push(json!({"name": f, "in": "query", "description": format!("only records whose {f} equals this"), "schema": {"type": "string"}}));
@@ -80,27 +119,36 @@ pub fn build() -> Value {
                         "data": {"type": "array", "items": reference(&title)}, "has_more": {"type": "boolean"},
                         "next_after": {"type": ["string", "null"]}}})),
                         "400": error_response("bad query parameter"), "401": error_response("missing token")}},
-                "post": {"tags": tag, "summary": format!("Create a {}", entity.name),
+                "post": {"tags": tag, "summary": format!("Create a {}", entity.name), "parameters": [idempotency_key],
                     "requestBody": json_body(reference(&format!("{title}Input"))),
                     "responses": {"201": ok("created", reference(&title)), "400": error_response("malformed JSON"),
-                        "415": error_response("not JSON"), "422": error_response("invalid fields"),
+                        "415": error_response("not JSON"), "422": error_response("invalid fields, or an Idempotency-Key reused with another body"),
+                        "409": error_response("a request with this Idempotency-Key is still running"),
                         "401": error_response("missing token")}}
             }),
         );
         paths.insert(
             format!("/v1/{}/{{id}}", entity.plural),
             json!({
-                "get": {"tags": tag, "summary": format!("Get a {}", entity.name), "parameters": [id_param],
+                "get": {"tags": tag, "summary": format!("Get a {} (with its links)", entity.name), "parameters": [id_param,
+                        {"name": "include_deleted", "in": "query", "description": "true: a deleted record is returned as its tombstone instead of 404",
+                         "schema": {"type": "boolean", "default": false}}],
                     "responses": {"200": ok("the record; ETag is its version", reference(&title)), "404": error_response("unknown or deleted")}},
-                "patch": {"tags": tag, "summary": format!("Update a {} (merge patch)", entity.name), "parameters": [id_param, if_match],
+                "patch": {"tags": tag, "summary": format!("Update a {} (merge patch)", entity.name), "parameters": [id_param, if_match, idempotency_key],
                     "requestBody": json_body(reference(&format!("{title}Patch"))),
                     "responses": {"200": ok("updated", reference(&title)), "400": error_response("malformed JSON or If-Match"),
                         "404": error_response("unknown or deleted"), "412": error_response("version mismatch"),
                         "422": error_response("invalid fields")}},
-                "delete": {"tags": tag, "summary": format!("Delete a {} (tombstone)", entity.name), "parameters": [id_param, if_match],
+                "delete": {"tags": tag, "summary": format!("Delete a {} (tombstone)", entity.name), "parameters": [id_param, if_match, idempotency_key],
                     "responses": {"200": ok("the tombstone", reference(&title)), "404": error_response("unknown or deleted"),
                         "412": error_response("version mismatch")}}
             }),
+        );
+        paths.insert(
+            format!("/v1/{}/{{id}}/history", entity.plural),
+            json!({"get": {"tags": tag, "summary": format!("A {}'s history: changes, deliveries, inward events, conflicts, in time order", entity.name),
+                "parameters": [id_param],
+                "responses": {"200": ok("the history", reference("History")), "404": error_response("no such record")}}}),
         );
     }
     let entity_names: Vec<&str> = ENTITIES.iter().map(|e| e.name).collect();
@@ -111,14 +159,17 @@ pub fn build() -> Value {
         "/v1/changes".into(),
         json!({"get": {"tags": ["changes"], "summary": "Read the change log in order (long-poll with wait)",
             "parameters": [
-                {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
+                {"name": "after", "in": "query", "description": "continue past this seq (below it with order=desc)", "schema": {"type": "integer", "minimum": 0, "default": 0}},
                 {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_CHANGES, "default": 100}},
-                {"name": "wait", "in": "query", "description": "hold the request until a change arrives or this long passes: 30s, 500ms, 1m (at most 60s)",
+                {"name": "wait", "in": "query", "description": "hold the request until a change arrives or this long passes: 30s, 500ms, 1m (at most 60s); order=asc only",
                     "schema": {"type": "string"}},
+                {"name": "record_id", "in": "query", "description": "only this record's changes (the response then has has_more)", "schema": {"type": "string"}},
+                order("asc", "the log's own order"),
                 entity_filter.clone()],
             "responses": {"200": ok("changes with seq > after", json!({"type": "object", "properties": {
                 "data": {"type": "array", "items": {"$ref": "#/components/schemas/Change"}},
-                "next_after": {"type": "integer", "description": "pass as `after` next time"}}})),
+                "has_more": {"type": "boolean", "description": "with record_id or order=desc"},
+                "next_after": {"type": ["integer", "null"], "description": "pass as `after` next time (null: the last page of a newest-first read)"}}})),
                 "400": error_response("bad parameter, or `after` beyond the log (invalid_cursor)"),
                 "403": error_response("entity not allowed for this client")}}}),
     );
@@ -214,6 +265,68 @@ pub fn build() -> Value {
                 "404": error_response("no such system, or it takes no webhooks"),
                 "503": error_response("could not be recorded; retry")}}}),
     );
+    let delivery = json!({"type": "object", "properties": {
+        "id": {"type": "integer"}, "change_seq": {"type": "integer"}, "system": {"type": "string"},
+        "kind": {"type": "string", "enum": ["change", "callback"]}, "entity": {"type": "string"}, "record_id": {"type": "string"},
+        "op": {"type": "string"}, "status": {"type": "string", "enum": ["pending", "in_flight", "delivered", "retrying", "dead", "skipped"]},
+        "attempts": {"type": "integer"}, "next_attempt_at": {"type": ["string", "null"]}, "http_status": {"type": ["integer", "null"]},
+        "external_id": {"type": ["string", "null"]}, "remarks": {"type": ["string", "null"], "description": "why it failed, in words"},
+        "created_at": {"type": "string"}, "updated_at": {"type": "string"}, "finished_at": {"type": ["string", "null"]}}});
+    schemas.insert("Delivery".into(), delivery);
+    let delivery_ref = json!({"$ref": "#/components/schemas/Delivery"});
+    let name_param = json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"}});
+    let num_param = |name: &str| json!({"name": name, "in": "path", "required": true, "schema": {"type": "integer"}});
+    paths.insert(
+        "/v1/systems".into(),
+        json!({"get": {"tags": ["operations"], "summary": "Systems with their queues, and the dispatcher's position",
+            "responses": {"200": ok("systems", json!({"type": "object", "properties": {
+                "data": {"type": "array", "items": {"type": "object"}},
+                "dispatch": {"type": "object", "properties": {"cursor": {"type": "integer"}, "head": {"type": "integer"},
+                    "lag": {"type": "integer", "description": "changes past the cursor that some system will receive (0 when none subscribes)"}}}}}))}}}),
+    );
+    for (action, summary) in [
+        ("pause", "Stop delivering to a system"),
+        ("resume", "Resume delivering to a system"),
+        ("replay", "Requeue all of a system's dead deliveries"),
+    ] {
+        paths.insert(
+            format!("/v1/systems/{{name}}/{action}"),
+            json!({"post": {"tags": ["operations"], "summary": summary, "parameters": [name_param],
+                "responses": {"200": ok("done", json!({"type": "object"})), "404": error_response("no such system")}}}),
+        );
+    }
+    paths.insert(
+        "/v1/deliveries".into(),
+        json!({"get": {"tags": ["operations"], "summary": "The transaction table, newest first by default",
+            "parameters": [
+                {"name": "system", "in": "query", "schema": {"type": "string"}},
+                {"name": "status", "in": "query", "schema": {"type": "string", "enum": ["pending", "in_flight", "delivered", "retrying", "dead", "skipped"]}},
+                {"name": "record_id", "in": "query", "schema": {"type": "string"}},
+                {"name": "change", "in": "query", "description": "change seq", "schema": {"type": "integer"}},
+                {"name": "after", "in": "query", "description": "delivery id of the last row of the previous page", "schema": {"type": "integer"}},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+                order("desc", "newest first is the default here, as in `syncflow deliveries`")],
+            "responses": {"200": ok("a page", json!({"type": "object", "properties": {
+                "data": {"type": "array", "items": delivery_ref.clone()}, "has_more": {"type": "boolean"},
+                "next_after": {"type": ["integer", "null"]}}})), "400": error_response("bad parameter")}}}),
+    );
+    paths.insert(
+        "/v1/deliveries/{id}".into(),
+        json!({"get": {"tags": ["operations"], "summary": "One delivery with its attempt history", "parameters": [num_param("id")],
+            "responses": {"200": ok("the delivery; `history` lists attempts", delivery_ref.clone()), "404": error_response("no such delivery")}}}),
+    );
+    paths.insert(
+        "/v1/deliveries/{id}/retry".into(),
+        json!({"post": {"tags": ["operations"], "summary": "Requeue a dead delivery", "parameters": [num_param("id")],
+            "responses": {"200": ok("requeued", delivery_ref.clone()), "404": error_response("no such delivery"),
+                "409": error_response("not dead")}}}),
+    );
+    paths.insert(
+        "/v1/changes/{seq}/deliveries".into(),
+        json!({"get": {"tags": ["operations"], "summary": "The deliveries of one change", "parameters": [num_param("seq")],
+            "responses": {"200": ok("deliveries", json!({"type": "object", "properties": {
+                "data": {"type": "array", "items": delivery_ref}}})), "404": error_response("no such change")}}}),
+    );
     crate::openapi_ops::add(&mut paths, &mut schemas);
     for (path, summary) in
         [("/healthz", "Liveness"), ("/readyz", "Readiness: the database answers"), ("/metrics", "Prometheus metrics")]
@@ -260,6 +373,11 @@ fn schemas_for(entity: &Entity) -> (Value, Value, Value) {
         record_props.insert(ts.into(), json!({"type": "string", "format": "date-time", "readOnly": true}));
     }
     record_props.insert("deleted_at".into(), json!({"type": ["string", "null"], "format": "date-time"}));
+    record_props.insert(
+        "links".into(),
+        json!({"$ref": "#/components/schemas/Links", "readOnly": true,
+        "description": "on GET and lists: the record's ids in external systems"}),
+    );
     let record = json!({"type": "object", "properties": record_props});
     (record, input, patch)
 }

@@ -1,5 +1,5 @@
-//! The operator part of `/openapi.json`: systems, deliveries (the transaction
-//! table), conflicts and the inbox. `tests/api.rs` checks that every route the
+//! The two-way operator part of `/openapi.json`: conflicts and the inbox (systems
+//! and deliveries are in `openapi.rs`). `tests/api.rs` checks that every route the
 //! router serves is described.
 
 use serde_json::{json, Map, Value};
@@ -24,17 +24,6 @@ fn param(name: &str, place: &str, description: &str) -> Value {
 /// Adds the operator paths and their schemas.
 pub(crate) fn add(paths: &mut Map<String, Value>, schemas: &mut Map<String, Value>) {
     schemas.insert(
-        "Delivery".into(),
-        json!({"type": "object", "properties": {
-            "id": {"type": "integer"}, "change_seq": {"type": "integer"}, "system": {"type": "string"},
-            "kind": {"type": "string", "enum": ["change", "callback"]}, "entity": {"type": "string"},
-            "record_id": {"type": "string"}, "op": {"type": "string"},
-            "status": {"type": "string", "enum": ["pending", "in_flight", "delivered", "retrying", "dead", "skipped"]},
-            "attempts": {"type": "integer"}, "http_status": {"type": ["integer", "null"]},
-            "external_id": {"type": ["string", "null"]}, "remarks": {"type": ["string", "null"]},
-            "created_at": {"type": "string", "format": "date-time"}}}),
-    );
-    schemas.insert(
         "Conflict".into(),
         json!({"type": "object", "properties": {
             "id": {"type": "integer"}, "system": {"type": "string"}, "entity": {"type": "string"},
@@ -53,7 +42,6 @@ pub(crate) fn add(paths: &mut Map<String, Value>, schemas: &mut Map<String, Valu
             "attempts": {"type": "integer"}, "record_id": {"type": ["string", "null"]},
             "remarks": {"type": ["string", "null"]}}}),
     );
-    let delivery = json!({"$ref": "#/components/schemas/Delivery"});
     let conflict = json!({"$ref": "#/components/schemas/Conflict"});
     let name = param("name", "path", "system name");
     let id = param("id", "path", "id");
@@ -64,46 +52,11 @@ pub(crate) fn add(paths: &mut Map<String, Value>, schemas: &mut Map<String, Valu
         op
     };
     paths.insert(
-        "/v1/systems".into(),
-        json!({"get": with(ops("Configured systems with their queues and the dispatch lag"), vec![],
-            json!({"200": one("systems", json!({"type": "object"}))}))}),
-    );
-    for (path, summary) in [
-        ("/v1/systems/{name}/pause", "Pause deliveries to a system"),
-        ("/v1/systems/{name}/resume", "Resume deliveries to a system"),
-        ("/v1/systems/{name}/replay", "Requeue a system's dead deliveries"),
-        (
-            "/v1/systems/{name}/inbox/replay",
-            "Apply a system's rejected and dead inward events again (?event_id= for one)",
-        ),
-    ] {
-        paths.insert(
-            path.into(),
-            json!({"post": with(ops(summary), vec![name.clone()],
-                json!({"200": one("done", json!({"type": "object"})), "404": error("no such system")}))}),
-        );
-    }
-    paths.insert(
-        "/v1/deliveries".into(),
-        json!({"get": with(ops("The transaction table, filtered"), vec![
-                param("system", "query", "system name"), param("status", "query", "delivery status"),
-                param("record_id", "query", "hub record id"), param("limit", "query", "1–1000")],
-            json!({"200": list_of("deliveries", delivery.clone()), "400": error("bad filter")}))}),
-    );
-    paths.insert(
-        "/v1/deliveries/{id}".into(),
-        json!({"get": with(ops("One delivery with its attempt history"), vec![id.clone()],
-            json!({"200": one("the delivery", delivery.clone()), "404": error("no such delivery")}))}),
-    );
-    paths.insert(
-        "/v1/deliveries/{id}/retry".into(),
-        json!({"post": with(ops("Requeue one dead delivery"), vec![id.clone()],
-            json!({"200": one("requeued", delivery.clone()), "404": error("no such dead delivery")}))}),
-    );
-    paths.insert(
-        "/v1/changes/{seq}/deliveries".into(),
-        json!({"get": with(ops("Deliveries of one change"), vec![param("seq", "path", "change sequence")],
-            json!({"200": list_of("deliveries", delivery)}))}),
+        "/v1/systems/{name}/inbox/replay".into(),
+        json!({"post": with(ops("Apply a system's rejected and dead inward events again (?event_id= for one)"),
+            vec![name, param("event_id", "query", "one event only")],
+            json!({"200": one("requeued", json!({"type": "object", "properties": {"requeued": {"type": "integer"}}})),
+                "404": error("no such system")}))}),
     );
     paths.insert(
         "/v1/conflicts".into(),

@@ -22,8 +22,13 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
     // The head is read at scrape time, so it covers writes by every node and by SQL.
     if let Ok(head) = state.store.head_seq().await {
         state.metrics.set("syncflow_change_log_head", &[], head as f64);
-        if let (false, Ok(cursor)) = (state.systems.is_empty(), state.store.dispatch_cursor().await) {
-            state.metrics.set("syncflow_dispatch_lag", &[], (head - cursor).max(0) as f64);
+        let routes: Vec<syncflow_store::Route> = state
+            .systems
+            .iter()
+            .map(|s| syncflow_store::Route { system: s.name.clone(), entities: s.entities.clone() })
+            .collect();
+        if let Ok(lag) = state.store.dispatch_lag(&routes).await {
+            state.metrics.set("syncflow_dispatch_lag", &[], lag as f64);
         }
     }
     // Queue gauges come from the shared transaction table, so every node reports

@@ -30,8 +30,11 @@ pub enum InwardOp<'a> {
 /// Cursor-paginated list request.
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery {
-    /// Return records with an id greater than this one.
+    /// Continue past this id in the listing direction: ids greater than it
+    /// (ascending) or less than it (`descending`).
     pub after: Option<String>,
+    /// Newest first (ids are time-ordered).
+    pub descending: bool,
     pub limit: usize,
     pub include_deleted: bool,
     /// Equality filters on text fields; e-mail fields compare case-insensitively.
@@ -476,7 +479,8 @@ impl Store {
         })
     }
 
-    /// Lists records in id order (ids are time-ordered), `limit` at a time.
+    /// Lists records in id order (ids are time-ordered; `descending` for newest
+    /// first), `limit` at a time.
     pub async fn list(&self, entity: &'static Entity, q: &ListQuery) -> Result<Page> {
         let limit = q.limit.clamp(1, 1000);
         let page = on_read!(self, |pool, d| {
@@ -484,7 +488,8 @@ impl Store {
             let mut binds: Vec<String> = Vec::new();
             if let Some(after) = &q.after {
                 binds.push(after.clone());
-                sql.push_str(&format!(" AND id > ${}", binds.len()));
+                let cmp = if q.descending { "<" } else { ">" };
+                sql.push_str(&format!(" AND id {cmp} ${}", binds.len()));
             }
             if !q.include_deleted {
                 sql.push_str(" AND deleted_at IS NULL");
@@ -498,7 +503,8 @@ impl Store {
                     sql.push_str(&format!(" AND {field} = ${}", binds.len()));
                 }
             }
-            sql.push_str(&format!(" ORDER BY id LIMIT {}", limit + 1));
+            let dir = if q.descending { " DESC" } else { "" };
+            sql.push_str(&format!(" ORDER BY id{dir} LIMIT {}", limit + 1));
             let mut query = sqlx::query(&sql);
             for b in binds {
                 query = query.bind(b);

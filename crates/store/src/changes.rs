@@ -134,3 +134,89 @@ where
         created_at: row.try_get(7)?,
     })
 }
+
+/// A filtered read of the change log in either direction (`Store::change_list`).
+#[derive(Debug, Clone, Default)]
+pub struct ChangeQuery {
+    /// Continue past this seq in the listing direction: `seq > after` ascending,
+    /// `seq < after` descending. `None` starts at the beginning (or the head).
+    pub after: Option<i64>,
+    pub limit: usize,
+    pub descending: bool,
+    /// Only this record's changes.
+    pub record_id: Option<String>,
+    /// Only these entities (`None`: all).
+    pub entities: Option<Vec<&'static str>>,
+}
+
+impl Store {
+    /// Up to `limit` changes matching `q`, and whether more follow.
+    pub async fn change_list(&self, q: &ChangeQuery) -> Result<(Vec<Change>, bool)> {
+        self.sequence().await?;
+        let limit = q.limit.clamp(1, 10_000);
+        if q.entities.as_ref().is_some_and(Vec::is_empty) {
+            return Ok((Vec::new(), false));
+        }
+        let mut rows = on_read!(self, |pool, d| {
+            let mut sql = format!("SELECT {} FROM changes WHERE seq IS NOT NULL", change_columns(d));
+            let mut texts: Vec<String> = Vec::new();
+            if let Some(id) = &q.record_id {
+                texts.push(id.clone());
+                sql.push_str(&format!(" AND record_id = ${}", texts.len()));
+                // Ids carry their entity's prefix: naming it lets the (entity, record_id) index serve.
+                if let Some(e) = syncflow_core::ENTITIES.iter().find(|e| id.starts_with(&format!("{}_", e.id_prefix))) {
+                    texts.push(e.name.to_string());
+                    sql.push_str(&format!(" AND entity = ${}", texts.len()));
+                }
+            }
+            if let Some(entities) = &q.entities {
+                let list: Vec<String> = entities
+                    .iter()
+                    .map(|e| {
+                        texts.push((*e).to_string());
+                        format!("${}", texts.len())
+                    })
+                    .collect();
+                sql.push_str(&format!(" AND entity IN ({})", list.join(", ")));
+            }
+            let (cmp, dir) = if q.descending { ("<", "DESC") } else { (">", "") };
+            if q.after.is_some() {
+                sql.push_str(&format!(" AND seq {cmp} ${}", texts.len() + 1));
+            }
+            sql.push_str(&format!(" ORDER BY seq {dir} LIMIT {}", limit + 1));
+            let mut query = sqlx::query(&sql);
+            for t in &texts {
+                query = query.bind(t.clone());
+            }
+            if let Some(a) = q.after {
+                query = query.bind(a);
+            }
+            query.fetch_all(pool).await?.iter().map(decode_change).collect::<Result<Vec<_>>>()?
+        });
+        let more = rows.len() > limit;
+        rows.truncate(limit);
+        Ok((rows, more))
+    }
+
+    /// Changes past the dispatch cursor that some route would turn into a
+    /// delivery: 0 when everything is dispatched, and also when no system
+    /// subscribes to what is waiting (or no system is configured).
+    pub async fn dispatch_lag(&self, routes: &[crate::Route]) -> Result<i64> {
+        if routes.is_empty() {
+            return Ok(0);
+        }
+        let cursor = self.dispatch_cursor().await?;
+        self.sequence().await?;
+        let groups: Vec<(String, String, i64)> = on_read!(self, |pool, _d| {
+            sqlx::query_as("SELECT entity, origin, COUNT(*) FROM changes WHERE seq > $1 GROUP BY entity, origin")
+                .bind(cursor)
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(groups
+            .iter()
+            .filter(|(entity, origin, _)| routes.iter().any(|r| &r.system != origin && r.entities.contains(entity)))
+            .map(|(_, _, n)| n)
+            .sum())
+    }
+}

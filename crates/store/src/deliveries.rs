@@ -156,8 +156,11 @@ pub struct DeliveryFilter {
     pub status: Option<Status>,
     pub record_id: Option<String>,
     pub change_seq: Option<i64>,
+    /// Continue past this id in the listing direction (`id <` it when descending).
     pub after_id: Option<i64>,
     pub limit: usize,
+    /// Newest first.
+    pub descending: bool,
 }
 
 /// Per-system counts of the transaction table.
@@ -177,12 +180,13 @@ impl QueueStats {
     }
 }
 
-const DELIVERY_COLUMNS: &str = "id, change_seq, system, kind, subject_id, entity, record_id, op, status, attempts, \
+pub(crate) const DELIVERY_COLUMNS: &str =
+    "id, change_seq, system, kind, subject_id, entity, record_id, op, status, attempts, \
      next_attempt_at, lease_owner, http_status, external_id, remarks, created_at, updated_at, finished_at";
 
 const UNFINISHED: &str = "('pending', 'retrying', 'in_flight')";
 
-fn decode_delivery<'r, R>(row: &'r R) -> Result<Delivery>
+pub(crate) fn decode_delivery<'r, R>(row: &'r R) -> Result<Delivery>
 where
     R: Row,
     usize: sqlx::ColumnIndex<R>,
@@ -690,10 +694,11 @@ impl Store {
                 ints.push((i, c));
             }
             if let Some(a) = f.after_id {
-                let i = add(&mut sql, "id >");
+                let i = add(&mut sql, if f.descending { "id <" } else { "id >" });
                 ints.push((i, a));
             }
-            sql.push_str(&format!(" ORDER BY id LIMIT {}", f.limit.clamp(1, 1000)));
+            let dir = if f.descending { " DESC" } else { "" };
+            sql.push_str(&format!(" ORDER BY id{dir} LIMIT {}", f.limit.clamp(1, 1000)));
             // Bind in placeholder order.
             let mut binds: Vec<(usize, Result<String, i64>)> =
                 texts.into_iter().map(|(i, s)| (i, Ok(s))).chain(ints.into_iter().map(|(i, v)| (i, Err(v)))).collect();

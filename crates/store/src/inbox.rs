@@ -77,10 +77,11 @@ impl InwardWrite {
     }
 }
 
-const INBOX_COLUMNS: &str = "id, system, event_id, event_type, entity, external_id, event_created, source, payload, \
+pub(crate) const INBOX_COLUMNS: &str =
+    "id, system, event_id, event_type, entity, external_id, event_created, source, payload, \
      outcome, record_id, remarks, received_at, settled_at, attempts";
 
-fn decode<'r, R>(row: &'r R) -> Result<InboxEvent>
+pub(crate) fn decode<'r, R>(row: &'r R) -> Result<InboxEvent>
 where
     R: Row,
     usize: sqlx::ColumnIndex<R>,

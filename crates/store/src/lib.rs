@@ -14,6 +14,8 @@ mod changes;
 pub mod conflicts;
 pub mod deliveries;
 mod dialect;
+pub mod history;
+mod idempotency;
 pub mod inbox;
 mod migrate;
 mod sync;
@@ -30,12 +32,15 @@ use syncflow_core::FieldError;
 use tokio::sync::watch;
 
 pub use catalog::{InwardOp, ListQuery, Page};
+pub use changes::ChangeQuery;
 pub use conflicts::{Conflict, ConflictFilter};
 pub use deliveries::{
     now_ms, Claimed, Delivery, DeliveryFilter, Finish, Link, LinkUpdate, QueueStats, Route, Status as DeliveryStatus,
     RESYNC_PREFIX,
 };
 pub use dialect::Dialect;
+pub use history::{links_json, DeliveryHistory, RecordHistory, TimelineEntry};
+pub use idempotency::{KeyClaim, StoredResponse, IDEMPOTENCY_TTL_MS};
 pub use inbox::{InboxEvent, InboxOutcome, InwardWrite, NewInboxEvent};
 pub use sync::{
     client_writer, ChangePage, ItemConflict, ItemError, ItemOutcome, ItemStatus, LosingSide, PullPage, PulledRecord,

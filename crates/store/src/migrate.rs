@@ -24,6 +24,7 @@ const SQLITE: &[Migration] = migrations!("sqlite":
     4 "inbox" "0004_inbox.sql",
     5 "delivery_queue_index" "0005_delivery_queue_index.sql",
     6 "sync_pipeline" "0006_sync_pipeline.sql",
+    7 "idempotency_keys" "0007_idempotency_keys.sql",
 );
 
 const POSTGRES: &[Migration] = migrations!("postgres":
@@ -33,6 +34,7 @@ const POSTGRES: &[Migration] = migrations!("postgres":
     4 "inbox" "0004_inbox.sql",
     5 "delivery_queue_index" "0005_delivery_queue_index.sql",
     6 "sync_pipeline" "0006_sync_pipeline.sql",
+    7 "idempotency_keys" "0007_idempotency_keys.sql",
 );
 
 /// Arbitrary constant naming syncflow's migration lock.

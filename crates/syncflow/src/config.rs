@@ -167,6 +167,16 @@ log_format = "text"
 # callback_url = "https://crm.example.com/syncflow-status"  # outcomes of changes from crm
 # callback_secret = "${CRM_CALLBACK_SECRET}"
 #
+# [[systems]]
+# name = "stripe"                 # webhooks arrive at /webhooks/stripe (the name)
+# kind = "stripe"                 # two-way: customers out, customer and invoice events in
+# entities = ["customer"]
+# secret_key = "${STRIPE_SECRET_KEY}"          # sk_test_… or sk_live_…
+# webhook_secret = "${STRIPE_WEBHOOK_SECRET}"  # whsec_… of the endpoint; none = polling only
+# poll_interval = "30s"           # also poll /v1/events (catches missed webhooks)
+# Link what both sides already hold, once: syncflow --config syncflow.toml backfill --system stripe
+# (see docs/stripe.md)
+#
 # Sync clients (POST /v1/sync, GET /v1/stream): one block per app or device, each
 # with its own token; the client id comes from the token. `entities` limits what
 # it may sync and stream (all when absent); `conflict_policy` is the default for
@@ -194,6 +204,28 @@ mod tests {
     fn starter_parses() {
         let c = Config::parse(STARTER, |_| None).unwrap();
         assert_eq!(c.server.listen.as_deref(), Some("127.0.0.1:8080"));
+    }
+
+    /// Every connector kind has a commented example block, and uncommented it is
+    /// a valid config for that kind.
+    #[test]
+    fn starter_shows_every_connector_kind() {
+        for kind in syncflow_connectors::KINDS {
+            let marker = format!("# kind = \"{kind}\"");
+            let start = STARTER.find(&marker).unwrap_or_else(|| panic!("no example for kind {kind}"));
+            let block_start = STARTER[..start].rfind("# [[systems]]").expect("block header");
+            let block: String = STARTER[block_start..]
+                .lines()
+                .take_while(|l| l.starts_with("# ") && !l.starts_with("# Link") && l.trim() != "#")
+                .map(|l| l.trim_start_matches("# ").to_string() + "\n")
+                .collect();
+            let c = Config::parse(&block, |_| Some("x".into())).unwrap();
+            let table = c.systems[0].clone();
+            let sc = syncflow_engine::SystemConfig::from_table(table).unwrap();
+            assert_eq!(sc.kind, *kind);
+            syncflow_connectors::build(&sc.name, &sc.kind, sc.settings.clone())
+                .unwrap_or_else(|e| panic!("the {kind} example does not build: {e}"));
+        }
     }
 
     #[test]

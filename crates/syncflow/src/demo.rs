@@ -3,10 +3,10 @@
 //! connector is built in, and a JSON "warehouse" receiver), with a few customers,
 //! and instructions for seeing a change made in one place appear in the others.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use serde_json::json;
+use serde_json::{json, Value};
 use syncflow_sandbox::{Receiver, StripeOptions, StripeSandbox};
 
 use crate::config::Config;
@@ -69,47 +69,118 @@ async fn setup(
     }
 
     let client = reqwest::Client::new();
-    for (name, email) in [
-        ("Ada Lovelace", "ada@example.com"),
-        ("Grace Hopper", "grace@example.com"),
-        ("Alan Turing", "alan@example.com"),
-    ] {
-        client
+    let mut seeded = Vec::new();
+    for (name, email) in SEED {
+        let created: Value = client
             .post(format!("{hub_url}/v1/customers"))
             .json(&json!({"name": name, "email": email}))
             .send()
             .await?
-            .error_for_status()?;
+            .error_for_status()?
+            .json()
+            .await?;
+        seeded.push(created["id"].as_str().unwrap_or_default().to_string());
     }
-
-    let stripe_lines = if with_stripe {
-        format!(
-            "\n  Stripe (sandbox)     {s}\n\n\
-             # …and in Stripe, with metadata[syncflow_id] pointing back at the hub:\n\
-             curl -s -u {STRIPE_KEY}: {s}/v1/customers\n\n\
-             # Edit a customer in Stripe (use an id from the list above); the signed webhook\n\
-             # updates the hub, which passes it on to the warehouse but not back to Stripe:\n\
-             curl -s -u {STRIPE_KEY}: {s}/v1/customers/cus_… -d name='Edited in Stripe'\n",
-            s = stripe.url()
-        )
-    } else {
-        String::new()
-    };
+    // Wait (bounded) until Stripe has them, so the banner can show their real ids.
+    let mut stripe_ids: Vec<Option<String>> = vec![None; seeded.len()];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while with_stripe && stripe_ids.iter().any(Option::is_none) && Instant::now() < deadline {
+        let list: Value = client.get(format!("{hub_url}/v1/customers")).send().await?.json().await?;
+        for (i, id) in seeded.iter().enumerate() {
+            let row = list["data"].as_array().and_then(|rows| rows.iter().find(|r| r["id"] == id.as_str()));
+            stripe_ids[i] = row.and_then(|r| r["links"]["stripe"]["id"].as_str()).map(str::to_string);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     println!(
-        "\nSyncflow demo is running. Ctrl-C stops it.\n\n  hub API              {hub_url}\n  \
-         warehouse (sandbox)  {w}{stripe_lines}\n\
-         # Create a customer in the hub:\n\
-         curl -s -XPOST {hub_url}/v1/customers -H 'content-type: application/json' \\\n     \
-         -d '{{\"name\":\"Katherine Johnson\",\"email\":\"kj@example.com\"}}'\n\n\
-         # It reaches the warehouse within a second:\n\
-         curl -s {w}\n\n\
-         # The transaction table: every delivery, its status and remarks:\n\
-         curl -s '{hub_url}/v1/deliveries?limit=10'\n\
-         curl -s {hub_url}/v1/systems\n\n\
-         # The change log, and the whole API:\n\
-         curl -s {hub_url}/v1/changes\n\
-         curl -s {hub_url}/openapi.json\n",
-        w = warehouse.url("/_received"),
+        "{}",
+        banner(&hub_url, &warehouse.url("/_received"), with_stripe.then(|| stripe.url()), &seeded, &stripe_ids)
     );
     Ok(())
+}
+
+const SEED: [(&str, &str); 3] =
+    [("Ada Lovelace", "ada@example.com"), ("Grace Hopper", "grace@example.com"), ("Alan Turing", "alan@example.com")];
+
+/// The text printed once the demo is ready: what is running, what was seeded
+/// (with real ids), and what to try, in order.
+fn banner(
+    hub: &str,
+    warehouse: &str,
+    stripe: Option<String>,
+    seeded: &[String],
+    stripe_ids: &[Option<String>],
+) -> String {
+    let mut b = String::new();
+    let mut line = |s: &str| {
+        b.push_str(s);
+        b.push('\n');
+    };
+    line("");
+    line("Syncflow demo: a hub kept in sync with two sandbox systems, all on this machine.");
+    line("");
+    line(&format!("  hub API              {hub}"));
+    if let Some(s) = &stripe {
+        line(&format!("  Stripe (sandbox)     {s}"));
+    }
+    line(&format!("  warehouse (sandbox)  {warehouse}"));
+    line("");
+    let systems = if stripe.is_some() { "Stripe and the warehouse" } else { "the warehouse" };
+    line(&format!("1. Three customers were created in the hub and delivered to {systems}:"));
+    line("");
+    line(&format!("     {:<30}  {:<20}  NAME", "HUB ID", if stripe.is_some() { "STRIPE ID" } else { "" }));
+    for (i, id) in seeded.iter().enumerate() {
+        let ext = stripe_ids.get(i).cloned().flatten().unwrap_or_else(|| {
+            if stripe.is_some() {
+                "(not yet)".into()
+            } else {
+                String::new()
+            }
+        });
+        line(&format!("     {id:<30}  {ext:<20}  {}", SEED[i].0));
+    }
+    line("");
+    line("   The hub's list shows each customer's Stripe id under \"links\":");
+    line(&format!("   curl -s {hub}/v1/customers"));
+    if let Some(s) = &stripe {
+        line("   The same customers in Stripe, with metadata[syncflow_id] pointing back at the hub:");
+        line(&format!("   curl -s -u {STRIPE_KEY}: {s}/v1/customers"));
+    }
+    line("");
+    line(&format!("2. Create a customer in the hub; it reaches {systems} within a second"));
+    line("   (the Idempotency-Key makes a retried POST safe: run it twice, get one customer):");
+    line(&format!(
+        "   curl -s -XPOST {hub}/v1/customers -H 'content-type: application/json' -H 'Idempotency-Key: demo-1' \\\n     \
+         -d '{{\"name\":\"Katherine Johnson\",\"email\":\"kj@example.com\"}}'"
+    ));
+    line(&format!("   curl -s {warehouse}"));
+    line("");
+    let (first, first_ext) = (seeded.first().cloned().unwrap_or_default(), stripe_ids.first().cloned().flatten());
+    match (&stripe, first_ext) {
+        (Some(s), Some(cus)) => {
+            line(&format!(
+                "3. Edit {} in Stripe. Stripe's signed webhook updates the hub, which passes the",
+                SEED[0].0
+            ));
+            line("   edit on to the warehouse but not back to Stripe:");
+            line(&format!("   curl -s -u {STRIPE_KEY}: {s}/v1/customers/{cus} -d name='Ada King'"));
+            line("   Then read her whole story (changes, deliveries, the webhook), in time order:");
+        }
+        _ => line(&format!("3. Read {}'s whole story (changes, deliveries), in time order:", SEED[0].0)),
+    }
+    line(&format!("   curl -s {hub}/v1/customers/{first}/history"));
+    let exe = std::env::current_exe().map_or_else(|_| "syncflow".to_string(), |p| p.display().to_string());
+    line(&format!("   {exe} history {first} --database-url sqlite:{DEMO_DB}"));
+    line("");
+    line("4. The transaction table, newest first (status, attempts, remarks), and each system's queue:");
+    line(&format!("   curl -s '{hub}/v1/deliveries?limit=10'"));
+    line(&format!("   curl -s {hub}/v1/systems"));
+    line("");
+    line("5. The change log, newest first, and the whole API:");
+    line(&format!("   curl -s '{hub}/v1/changes?order=desc&limit=5'"));
+    line(&format!("   curl -s {hub}/openapi.json"));
+    line("");
+    line("Ctrl-C stops the demo. The log below says what the hub does: one line per request,");
+    line("and one per delivery that fails, is retried or goes dead.");
+    b
 }

@@ -41,7 +41,7 @@ enum LogFormat {
 enum Command {
     /// Run the hub: HTTP API over the catalog (SQLite ./syncflow.db by default).
     Serve(ServeArgs),
-    /// List deliveries from the transaction table (newest last).
+    /// List deliveries from the transaction table (newest first, as the API).
     Deliveries {
         #[command(flatten)]
         db: DbArgs,
@@ -57,6 +57,23 @@ enum Command {
         /// Show at most this many.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// `desc` (newest first) or `asc` (oldest first).
+        #[arg(long, value_enum, default_value_t = ops::Order::Desc)]
+        order: ops::Order,
+    },
+    /// Everything that happened to one record: its changes, deliveries to each
+    /// system (attempts, remarks), inward events and conflicts, in time order.
+    History {
+        #[command(flatten)]
+        db: DbArgs,
+        /// The record's hub id (`cust_…`, `invc_…`).
+        id: String,
+        /// Its entity, when the id's prefix does not say.
+        #[arg(long)]
+        entity: Option<String>,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Put a system's dead deliveries back in the queue.
     Replay {
@@ -106,10 +123,41 @@ struct DbArgs {
 }
 
 impl DbArgs {
+    fn url(&self, config: &Config) -> String {
+        self.database_url.clone().or(config.server.database_url.clone()).unwrap_or_else(|| DEFAULT_DATABASE.into())
+    }
+
+    /// Opens (creating and migrating if needed) the hub's database: for `serve`.
     async fn open(self, config: &Config) -> Result<Store> {
-        let url = self.database_url.or(config.server.database_url.clone()).unwrap_or_else(|| DEFAULT_DATABASE.into());
+        let url = self.url(config);
         Store::open(&url).await.with_context(|| format!("opening database {}", syncflow_store::redact(&url)))
     }
+
+    /// Opens an existing hub database, for commands that read one: a SQLite file
+    /// that does not exist is an error, never a new empty database.
+    async fn open_existing(self, config: &Config) -> Result<Store> {
+        let url = self.url(config);
+        if let Some(path) = sqlite_path(&url) {
+            if !std::path::Path::new(path).exists() {
+                bail!(
+                    "no hub database at {path}: this command reads an existing hub and will not create one. \
+                     Name the hub's database with --database-url (or SYNCFLOW_DATABASE_URL, or database_url \
+                     in the --config file); `syncflow serve` creates it"
+                );
+            }
+        }
+        Store::open(&url).await.with_context(|| format!("opening database {}", syncflow_store::redact(&url)))
+    }
+}
+
+/// The file a SQLite URL names (`None` for PostgreSQL and in-memory databases).
+fn sqlite_path(url: &str) -> Option<&str> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return None;
+    }
+    let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+    let path = path.split('?').next().unwrap_or(path);
+    (!path.is_empty() && !path.starts_with(":memory:")).then_some(path)
 }
 
 #[derive(clap::Args)]
@@ -136,6 +184,7 @@ fn main() -> Result<()> {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
+    let config_loaded = cli.config.is_some();
     let log_format = match (cli.log_format, config.server.log_format.as_deref()) {
         (Some(f), _) => f,
         (None, Some("json")) => LogFormat::Json,
@@ -151,12 +200,30 @@ fn main() -> Result<()> {
                 match command {
                     Command::Serve(args) => serve(args, config, None).await,
                     Command::Demo { listen } => demo::run(listen, config).await,
-                    Command::Deliveries { db, status, system, record, limit } => {
-                        ops::deliveries(db.open(&config).await?, status, system, record, limit).await
+                    Command::Deliveries { db, status, system, record, limit, order } => {
+                        let store = db.open_existing(&config).await?;
+                        if let Some(name) = &system {
+                            ops::known_system(&store, &config, name).await?;
+                        }
+                        ops::deliveries(store, status, system, record, limit, order).await
                     }
-                    Command::Replay { db, system } => ops::replay(db.open(&config).await?, &system).await,
+                    Command::Replay { db, system } => {
+                        let store = db.open_existing(&config).await?;
+                        ops::known_system(&store, &config, &system).await?;
+                        ops::replay(store, &system).await
+                    }
+                    Command::History { db, id, entity, json } => {
+                        ops::history(db.open_existing(&config).await?, &id, entity.as_deref(), json).await
+                    }
                     Command::Backfill { db, system, direction, restart } => {
-                        let store = db.open(&config).await?;
+                        if !config_loaded {
+                            bail!(
+                                "no config file loaded (--config): backfill needs the [[systems]] block \
+                                 named `{system}` (its kind and credentials)"
+                            );
+                        }
+                        let store = db.open_existing(&config).await?;
+                        ops::known_system(&store, &config, &system).await?;
                         backfill::run(store, &config, &system, direction, restart).await
                     }
                     Command::Init { .. } => unreachable!("handled above"),

@@ -57,7 +57,7 @@ async fn backfill_imports_exports_and_resumes() {
 
     let (ok, _, stderr) = backfill(&dir, &["--system", "nope"]);
     assert!(!ok);
-    assert!(stderr.contains("no [[systems]] block is named `nope`"), "{stderr}");
+    assert!(stderr.contains("unknown system `nope`; known systems: stripe"), "{stderr}");
     let listed: Value = http
         .get(format!("{}/v1/customers?limit=10", sandbox.url()))
         .bearer_auth("sk_test_cli")

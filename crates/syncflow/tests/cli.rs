@@ -124,7 +124,8 @@ async fn serve_on_postgres_via_database_url() {
 }
 
 /// The README's demo command: the hub with sandbox systems, where a customer created
-/// in the hub shows up at the sandbox warehouse.
+/// in the hub shows up at the sandbox warehouse, and whose banner names the seeded
+/// customers by their real hub and Stripe ids (pasteable curl lines, no placeholders).
 #[tokio::test]
 async fn demo_runs_and_syncs_a_new_customer() {
     use std::io::BufRead;
@@ -138,17 +139,40 @@ async fn demo_runs_and_syncs_a_new_customer() {
         .unwrap();
     let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let (mut hub, mut warehouse) = (None, None);
-    while hub.is_none() || warehouse.is_none() {
-        let line = lines.next().expect("demo printed its URLs").unwrap();
+    let mut banner = String::new();
+    loop {
+        let line = lines.next().expect("demo printed its banner").unwrap();
+        banner.push_str(&line);
+        banner.push('\n');
         let url = line.split_whitespace().last().unwrap_or("").to_string();
         if line.trim_start().starts_with("hub API") {
             hub = Some(url);
         } else if line.trim_start().starts_with("warehouse") {
             warehouse = Some(url);
+        } else if line.starts_with("Ctrl-C") {
+            break;
         }
     }
     let (hub, warehouse) = (hub.unwrap(), warehouse.unwrap());
     let client = reqwest::Client::new();
+
+    // The banner names each seeded customer with its hub and Stripe ids, and the
+    // Stripe edit line uses Ada's real cus_ id.
+    let list: Value = client.get(format!("{hub}/v1/customers")).send().await.unwrap().json().await.unwrap();
+    let rows = list["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{list}");
+    for row in rows {
+        let (id, cus) = (row["id"].as_str().unwrap(), row["links"]["stripe"]["id"].as_str().unwrap());
+        let line = banner.lines().find(|l| l.contains(id)).unwrap_or_else(|| panic!("{id} not in banner:\n{banner}"));
+        assert!(line.contains(cus), "{line}");
+    }
+    let ada = rows.iter().find(|r| r["name"] == "Ada Lovelace").unwrap();
+    let edit = banner.lines().find(|l| l.contains("name='Ada King'")).expect("a Stripe edit line");
+    assert!(edit.contains(&format!("/v1/customers/{}", ada["links"]["stripe"]["id"].as_str().unwrap())), "{edit}");
+    assert!(!banner.contains("cus_…"), "no placeholder ids:\n{banner}");
+    assert!(banner.contains(&format!("{hub}/v1/customers/{}/history", ada["id"].as_str().unwrap())));
+    assert!(banner.find("1. ").unwrap() < banner.find("2. ").unwrap(), "reads top to bottom");
+
     let (status, created) = post(&client, &format!("{hub}/v1/customers"), json!({"name": "Katherine Johnson"})).await;
     assert_eq!(status, 201);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -161,7 +185,62 @@ async fn demo_runs_and_syncs_a_new_customer() {
         assert!(std::time::Instant::now() < deadline, "the new customer never reached the warehouse: {seen}");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    // Deliveries are newest first: ours comes before the seeded ones.
+    let deliveries: Value =
+        client.get(format!("{hub}/v1/deliveries?limit=10")).send().await.unwrap().json().await.unwrap();
+    let first = deliveries["data"][0]["change_seq"].as_i64().unwrap();
+    assert!(deliveries["data"].as_array().unwrap().iter().all(|d| d["change_seq"].as_i64().unwrap() <= first));
     assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
     assert!(child.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn run_in(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .current_dir(dir)
+        .args(args)
+        .env_remove("SYNCFLOW_DATABASE_URL")
+        .env_remove("SYNCFLOW_CONFIG")
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// Commands that read an existing hub never create a database; an unknown system
+/// is an error naming the known ones; backfill without a config says so.
+#[tokio::test]
+async fn reading_commands_refuse_to_create_a_hub_and_check_names() {
+    let dir = temp_dir();
+    for args in [&["deliveries"][..], &["replay", "--system", "stripe"], &["history", "cust_x"]] {
+        let (ok, _, err) = run_in(&dir, args);
+        assert!(!ok, "{args:?} must fail");
+        assert!(err.contains("no hub database at syncflow.db") && err.contains("--database-url"), "{args:?}: {err}");
+        assert!(!dir.join("syncflow.db").exists(), "{args:?} created a database");
+    }
+    let (ok, _, err) = run_in(&dir, &["backfill", "--system", "stripe"]);
+    assert!(!ok && err.contains("no config file loaded (--config)"), "{err}");
+    assert!(!dir.join("syncflow.db").exists());
+
+    // A real hub database with one system in its transaction table.
+    let url = format!("sqlite:{}", dir.join("hub.db").display());
+    let store = syncflow_store::Store::open(&url).await.unwrap();
+    let c = store.create(&syncflow_core::CUSTOMER, json!({"name": "Ada"}).as_object().unwrap(), "api").await.unwrap();
+    let routes = [syncflow_store::Route { system: "crm".into(), entities: vec!["customer".into()] }];
+    store.dispatch(&routes, 10).await.unwrap();
+    store.close().await;
+
+    let (ok, _, err) = run_in(&dir, &["replay", "--system", "stripe", "--database-url", &url]);
+    assert!(!ok && err.contains("unknown system `stripe`; known systems: crm"), "{err}");
+    let (ok, out, _) = run_in(&dir, &["replay", "--system", "crm", "--database-url", &url]);
+    assert!(ok && out.contains("requeued 0 dead deliveries of crm"), "{out}");
+    let (ok, _, err) = run_in(&dir, &["deliveries", "--system", "nope", "--database-url", &url]);
+    assert!(!ok && err.contains("known systems: crm"), "{err}");
+    let (ok, out, err) = run_in(&dir, &["deliveries", "--database-url", &url]);
+    assert!(ok && out.contains(&c.id) && out.contains("pending"), "{out}{err}");
+    let (ok, out, err) = run_in(&dir, &["history", &c.id, "--database-url", &url]);
+    assert!(ok, "{err}");
+    assert!(out.contains("upsert v1") && out.contains("crm") && out.contains("pending"), "{out}");
+    let (ok, _, err) = run_in(&dir, &["history", "cust_unknown", "--database-url", &url]);
+    assert!(!ok && err.contains("no customer with id `cust_unknown`"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }

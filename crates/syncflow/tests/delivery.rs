@@ -42,7 +42,7 @@ async fn wait_all_final(hub: &Hub, expected: usize) -> Vec<Value> {
         let mut after = 0;
         loop {
             let page: Value = client
-                .get(hub.url(&format!("/v1/deliveries?limit=1000&after={after}")))
+                .get(hub.url(&format!("/v1/deliveries?order=asc&limit=1000&after={after}")))
                 .send()
                 .await
                 .unwrap()
