@@ -42,7 +42,6 @@ struct PendingRecord {
     delivery: syncflow_store::Delivery,
     change_created_at: String,
     status: DeliveryStatus,
-    remarks: Option<String>,
     answer: Option<oneshot::Receiver<Result<bool, String>>>,
 }
 
@@ -491,15 +490,8 @@ impl Engine {
         }
         let (reply, answer) = oneshot::channel();
         let status = finish.status;
-        let remarks = finish.remarks.clone();
         let sent = record.send((delivery.clone(), finish, reply)).await.is_ok();
-        PendingRecord {
-            delivery,
-            change_created_at: change.created_at,
-            status,
-            remarks,
-            answer: sent.then_some(answer),
-        }
+        PendingRecord { delivery, change_created_at: change.created_at, status, answer: sent.then_some(answer) }
     }
 
     async fn recorded(&self, system: &System, p: PendingRecord) {
@@ -522,9 +514,6 @@ impl Engine {
                             lag as f64 / 1e6,
                         );
                     }
-                }
-                if p.status == DeliveryStatus::Dead {
-                    tracing::warn!(system = name, delivery = delivery.id, remarks = ?p.remarks, "delivery is dead");
                 }
             }
             Ok(false) => {

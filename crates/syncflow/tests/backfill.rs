@@ -46,7 +46,10 @@ async fn backfill_imports_exports_and_resumes() {
     let (ok, stdout, stderr) = backfill(&dir, &["--system", "stripe"]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("import: 2 seen, 2 created, 0 linked"), "{stdout}");
-    assert!(stdout.contains("export: 3 seen, 1 created, 0 linked, 2 already linked, 0 left to live delivery, 0 failed"), "{stdout}");
+    assert!(
+        stdout.contains("export: 3 seen, 1 created, 0 linked, 2 already linked, 0 left to live delivery, 0 failed"),
+        "{stdout}"
+    );
     assert_eq!(sandbox.stats().customers, 3);
 
     let (ok, stdout, _) = backfill(&dir, &["--system", "stripe", "--restart"]);
