@@ -12,6 +12,7 @@
 
 pub mod http;
 pub mod retry;
+pub mod salesforce;
 pub mod signature;
 pub mod stripe;
 
@@ -79,6 +80,26 @@ pub trait Connector: Send + Sync + 'static {
     fn push_timeout(&self) -> Option<Duration> {
         None
     }
+
+    /// How long the system asks to be left alone (its API budget is spent): the
+    /// engine claims nothing for it meanwhile, so no delivery spends an attempt.
+    fn hold(&self) -> Option<Duration> {
+        None
+    }
+
+    /// The system's API allowance as last reported, for kinds that have one.
+    fn api_usage(&self) -> Option<ApiUsage> {
+        None
+    }
+}
+
+/// A system's API allowance: calls used and allowed in its window, and the part of
+/// it this hub may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ApiUsage {
+    pub used: u64,
+    pub max: u64,
+    pub budget: Option<u64>,
 }
 
 /// One event of an external system, parsed by its connector.
@@ -171,6 +192,12 @@ pub trait Inward: Send + Sync {
     /// The hub fields this system syncs for `entity` (both ways).
     fn synced_fields(&self, entity: &'static Entity) -> &'static [&'static str];
 
+    /// A hub record's fields (or a change snapshot) as this system can hold them —
+    /// what its state is compared with. Default: the synced fields as they are.
+    fn hub_view(&self, entity: &'static Entity, fields: &Map<String, Value>) -> Fields {
+        syncflow_core::sync::project(self.synced_fields(entity), fields)
+    }
+
     /// An external object in hub terms.
     fn to_hub(&self, entity: &'static Entity, object: &Value) -> Mapped;
 
@@ -226,7 +253,7 @@ pub enum ConfigError {
 }
 
 /// Kinds `build` knows.
-pub const KINDS: &[&str] = &["http", "stripe"];
+pub const KINDS: &[&str] = &["http", "salesforce", "stripe"];
 
 /// Builds the connector of `kind` from its settings table.
 pub fn build(system: &str, kind: &str, settings: toml::Table) -> Result<Arc<dyn Connector>, ConfigError> {
@@ -238,6 +265,11 @@ pub fn build(system: &str, kind: &str, settings: toml::Table) -> Result<Arc<dyn 
         }
         "stripe" => {
             let config: stripe::StripeConfig =
+                settings.try_into().map_err(|e: toml::de::Error| invalid(e.to_string()))?;
+            Ok(Arc::new(config.build(system).map_err(invalid)?))
+        }
+        "salesforce" => {
+            let config: salesforce::SalesforceConfig =
                 settings.try_into().map_err(|e: toml::de::Error| invalid(e.to_string()))?;
             Ok(Arc::new(config.build(system).map_err(invalid)?))
         }
@@ -284,6 +316,6 @@ mod tests {
     #[test]
     fn unknown_kind_is_a_clear_error() {
         let err = build("crm", "fax", toml::Table::new()).err().unwrap();
-        assert_eq!(err.to_string(), "system `crm`: unknown kind `fax` (known: http, stripe)");
+        assert_eq!(err.to_string(), "system `crm`: unknown kind `fax` (known: http, salesforce, stripe)");
     }
 }

@@ -14,7 +14,7 @@
 
 use serde_json::{Map, Value};
 use syncflow_connectors::{Outcome, PushRequest};
-use syncflow_core::sync::{project, LinkUpdate, SyncSnapshot};
+use syncflow_core::sync::{LinkUpdate, SyncSnapshot};
 use syncflow_core::{Change, Entity, Op, Record};
 use syncflow_store::{InwardOp, InwardWrite, ListQuery, StoreError};
 
@@ -154,7 +154,6 @@ impl Pipeline {
             return Ok(Done::LinkedBefore);
         }
         let mapped = inward.to_hub(entity, obj);
-        let names = inward.synced_fields(entity);
         let by_id = match inward.hub_id(obj) {
             Some(id) => store.get(entity, &id).await?.filter(|r| r.deleted_at.is_none()),
             None => None,
@@ -167,7 +166,7 @@ impl Pipeline {
         let snapshot = |hub: Map<String, Value>| SyncSnapshot {
             at: SyncSnapshot::synced_at(&mapped.fields, now),
             external: Some(mapped.fields.clone()),
-            hub: Some(project(names, &hub)),
+            hub: Some(inward.hub_view(entity, &hub)),
             pushed: Default::default(),
         };
         match target {

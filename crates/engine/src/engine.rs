@@ -267,6 +267,9 @@ impl Engine {
                     true
                 }
             };
+            // The system asked to be left alone (its API budget is spent).
+            let held = system.connector.hold();
+            let paused = paused || held.is_some();
             let free = system.slots.available_permits() * batch;
             // Rate-limit tokens are taken before the claim, so waiting for one never
             // eats a claimed delivery's lease.
@@ -288,7 +291,7 @@ impl Engine {
                 tokens -= unused;
             }
             if claimed.is_empty() {
-                let token_wait = if !paused && free > 0 && tokens == 0 { self.token_wait(&system) } else { None };
+                let token_wait = if !paused && free > 0 && tokens == 0 { self.token_wait(&system) } else { held };
                 tokio::select! {
                     _ = system.work.notified() => {}
                     _ = wake.changed() => {}
@@ -401,6 +404,14 @@ impl Engine {
             }
         }
         let duration_ms = started.elapsed().as_millis() as i64;
+        if let Some(u) = system.connector.api_usage() {
+            let labels = [("system", name)];
+            self.metrics.set("syncflow_api_usage", &labels, u.used as f64);
+            self.metrics.set("syncflow_api_limit", &labels, u.max as f64);
+            if let Some(b) = u.budget {
+                self.metrics.set("syncflow_api_budget", &labels, b as f64);
+            }
+        }
         // Send every outcome first, then wait: a batch's outcomes share commits.
         let mut pending = Vec::with_capacity(chunk.len());
         for (c, outcome) in chunk.into_iter().zip(outcomes) {

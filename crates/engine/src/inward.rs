@@ -26,7 +26,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use syncflow_connectors::{Connector, Inward, InwardEvent, Mapped, RemoteError};
 use syncflow_core::sync::{
-    changed_fields, fingerprint, hub_patch, project, Fields, InboxOutcome, Link, LinkUpdate, MergePolicy, NewConflict,
+    changed_fields, fingerprint, hub_patch, Fields, InboxOutcome, Link, LinkUpdate, MergePolicy, NewConflict,
     SyncSnapshot, DELETED,
 };
 use syncflow_core::{Entity, Record};
@@ -296,7 +296,6 @@ impl Pipeline {
             return self.settle_as(row, InboxOutcome::Ignored, "event object has no id", None).await;
         };
         let inward = self.inward();
-        let names = inward.synced_fields(entity);
         let system = self.config.name.as_str();
 
         // Resolve: link → the hub id the object carries → (later) create.
@@ -354,7 +353,7 @@ impl Pipeline {
             let fields = entity.validate_create(&body).map_err(StoreError::Invalid)?;
             let snapshot = SyncSnapshot {
                 external: Some(mapped.fields.clone()),
-                hub: Some(project(names, &fields)),
+                hub: Some(inward.hub_view(entity, &fields)),
                 at: SyncSnapshot::synced_at(&mapped.fields, seen.at),
                 pushed: BTreeSet::new(),
             };
@@ -377,7 +376,7 @@ impl Pipeline {
             };
             return self.settle_as(row, outcome, &why, Some(&record.id)).await;
         }
-        let hub_now = project(names, &record.fields);
+        let hub_now = inward.hub_view(entity, &record.fields);
         if seen.deleted {
             let snapshot =
                 SyncSnapshot { external: None, hub: Some(hub_now), at: snap.at.clone(), pushed: BTreeSet::new() };
@@ -471,7 +470,7 @@ impl Pipeline {
             InboxOutcome::Applied
         };
         let snapshot =
-            SyncSnapshot { external: Some(external_after), hub: Some(project(names, &hub_after)), at, pushed };
+            SyncSnapshot { external: Some(external_after), hub: Some(inward.hub_view(entity, &hub_after)), at, pushed };
         let mut write = self.write(row, outcome, &remarks, external_id, &snapshot, &mapped, conflicts);
         write.resync = resync;
         let op = InwardOp::Update { id: &record.id, patch: &patch, expected_version: Some(record.version) };
@@ -520,12 +519,11 @@ impl Pipeline {
         if mapped.owned {
             return Ok(None); // the hub never pushes records the system owns
         }
-        let names = self.inward().synced_fields(entity);
         for change in self.store.unfinished_changes(&self.config.name, entity.name, &record.id).await? {
             let pushing = match change.op {
                 syncflow_core::Op::Delete => DELETED.to_string(),
                 syncflow_core::Op::Upsert => {
-                    fingerprint(&project(names, change.snapshot.as_object().unwrap_or(&Map::new())))
+                    fingerprint(&self.inward().hub_view(entity, change.snapshot.as_object().unwrap_or(&Map::new())))
                 }
             };
             if pushing == fp {
@@ -689,7 +687,7 @@ impl Pipeline {
         &self.store
     }
 
-    pub(crate) fn connector(&self) -> &Arc<dyn Connector> {
+    pub fn connector(&self) -> &Arc<dyn Connector> {
         &self.connector
     }
 

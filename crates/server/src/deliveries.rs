@@ -71,6 +71,8 @@ async fn systems(State(state): State<AppState>) -> Result<Json<Value>, ApiError>
                 "concurrency": s.concurrency,
                 "max_attempts": s.max_attempts,
                 "callbacks": s.callback_url.is_some(),
+                // The system's API allowance (Salesforce's daily budget), when it has one.
+                "api_usage": state.pipelines.get(&s.name).and_then(|p| p.connector().api_usage()),
                 "queue": {
                     "depth": q.depth(), "pending": q.pending, "retrying": q.retrying,
                     "in_flight": q.in_flight, "dead": q.dead,
