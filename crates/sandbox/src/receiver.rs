@@ -87,8 +87,20 @@ impl Receiver {
     /// Starts a receiver on 127.0.0.1 with a random port. It runs until the runtime
     /// stops.
     pub async fn start(secret: Option<&str>, latency: Duration) -> Receiver {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
-        let addr = listener.local_addr().expect("local addr");
+        Self::start_on("127.0.0.1:0".parse().expect("address"), secret, latency).await.expect("bind loopback")
+    }
+
+    /// Starts a receiver on `addr` (loopback only).
+    pub async fn start_on(
+        addr: std::net::SocketAddr,
+        secret: Option<&str>,
+        latency: Duration,
+    ) -> std::io::Result<Receiver> {
+        if !addr.ip().is_loopback() {
+            return Err(std::io::Error::other("the sandbox binds loopback addresses only"));
+        }
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
         let receiver = Receiver { inner: Arc::default(), secret: secret.map(str::to_string), latency, addr };
         let app = Router::new()
             .route("/_received", axum::routing::get(recent))
@@ -97,7 +109,7 @@ impl Receiver {
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        receiver
+        Ok(receiver)
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -5,6 +5,7 @@ mod backfill;
 mod config;
 mod demo;
 mod ops;
+mod sandbox;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -83,6 +84,9 @@ enum Command {
         #[arg(long)]
         system: String,
     },
+    /// Run a sandbox stand-in of an external system as a process (loopback only).
+    #[command(subcommand)]
+    Sandbox(sandbox::Sandbox),
     /// Run the hub with sandbox systems and sample data, and print what to try.
     Demo {
         /// Address of the hub's API.
@@ -200,6 +204,7 @@ fn main() -> Result<()> {
                 match command {
                     Command::Serve(args) => serve(args, config, None).await,
                     Command::Demo { listen } => demo::run(listen, config).await,
+                    Command::Sandbox(which) => sandbox::run(which).await,
                     Command::Deliveries { db, status, system, record, limit, order } => {
                         let store = db.open_existing(&config).await?;
                         if let Some(name) = &system {

@@ -1,0 +1,50 @@
+//! `syncflow sandbox <system>`: runs one of the loopback stand-ins as a process, so
+//! any client (curl, a script, another hub) can be pointed at it. The first line of
+//! output is the address to use; Ctrl-C stops it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use syncflow_sandbox::{Receiver, StripeOptions, StripeSandbox};
+
+#[derive(clap::Subcommand)]
+pub enum Sandbox {
+    /// A Stripe stand-in (customers, events, signed webhooks, idempotency keys).
+    Stripe {
+        #[arg(long, default_value = "127.0.0.1:12111")]
+        listen: SocketAddr,
+        /// Requests per second before 429s.
+        #[arg(long)]
+        rate_limit: Option<f64>,
+    },
+    /// A JSON receiver for `kind = "http"` systems (verifies `Syncflow-Signature` with --secret).
+    Receiver {
+        #[arg(long, default_value = "127.0.0.1:12112")]
+        listen: SocketAddr,
+        #[arg(long)]
+        secret: Option<String>,
+    },
+}
+
+pub async fn run(which: Sandbox) -> Result<()> {
+    match which {
+        Sandbox::Stripe { listen, rate_limit } => {
+            let options = StripeOptions { rate_limit, ..StripeOptions::default() };
+            let s = StripeSandbox::start(listen, options).await.with_context(|| format!("listening on {listen}"))?;
+            println!("{}", s.url());
+            eprintln!(
+                "Stripe sandbox: any sk_test_… key works; POST /_config/webhooks/<id> (url, secret) adds a webhook"
+            );
+        }
+        Sandbox::Receiver { listen, secret } => {
+            let r = Receiver::start_on(listen, secret.as_deref(), Duration::ZERO)
+                .await
+                .with_context(|| format!("listening on {listen}"))?;
+            println!("{}", r.url(""));
+            eprintln!("receiver: POST any path; GET /_received lists what arrived");
+        }
+    }
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
