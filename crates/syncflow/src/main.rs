@@ -98,7 +98,7 @@ enum Command {
     Backfill {
         #[command(flatten)]
         db: DbArgs,
-        /// The `[[systems]]` name to backfill (a `kind = "stripe"` system).
+        /// The `[[systems]]` name to backfill (a two-way system: stripe, salesforce).
         #[arg(long)]
         system: String,
         /// Which way: `import` (system → hub), `export` (hub → system) or `both`.

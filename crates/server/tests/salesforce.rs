@@ -1,0 +1,215 @@
+//! N-way sync end to end, on SQLite and PostgreSQL: a hub (store + engine + HTTP
+//! server on 127.0.0.1) with three systems — the Stripe sandbox (signed webhooks),
+//! the Salesforce sandbox (polled) and an `http` warehouse receiver. A change made in
+//! any one of them reaches the other two through the hub, never back to itself.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use syncflow_core::CUSTOMER;
+use syncflow_engine::{Engine, SystemConfig};
+use syncflow_sandbox::salesforce::{SalesforceOptions, SalesforceSandbox};
+use syncflow_sandbox::{Receiver, StripeOptions, StripeSandbox};
+use syncflow_server::{router, ApiTokens, AppState};
+use syncflow_store::testing::TestStore;
+use syncflow_store::{backend_tests, DeliveryFilter, Store};
+use tokio::sync::watch;
+
+const STRIPE_KEY: &str = "sk_test_nway";
+const WHSEC: &str = "whsec_nway";
+
+/// Evaluates `$probe` (an `Option`) until it is `Some`, for 30 s at most.
+macro_rules! eventually {
+    ($what:expr, $probe:expr) => {{
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(v) = $probe {
+                break v;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {}", $what);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }};
+}
+
+struct World {
+    store: Store,
+    url: String,
+    stripe: StripeSandbox,
+    sf: SalesforceSandbox,
+    warehouse: Receiver,
+    http: reqwest::Client,
+    stop: watch::Sender<bool>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl World {
+    async fn start(store: &Store) -> World {
+        let stripe = StripeSandbox::start("127.0.0.1:0".parse().unwrap(), StripeOptions::default()).await.unwrap();
+        let options = SalesforceOptions {
+            client_id: "nway-client".into(),
+            client_secret: "nway-secret".into(),
+            ..SalesforceOptions::default()
+        };
+        let sf = SalesforceSandbox::start("127.0.0.1:0".parse().unwrap(), options).await.unwrap();
+        let warehouse = Receiver::start(None, Duration::ZERO).await;
+        let systems = format!(
+            "[[systems]]\nname = \"stripe\"\nkind = \"stripe\"\napi_base = \"{}\"\nsecret_key = \"{STRIPE_KEY}\"\n\
+             webhook_secret = \"{WHSEC}\"\napi_rate_limit = 1000\n\
+             [[systems]]\nname = \"salesforce\"\nkind = \"salesforce\"\nlogin_url = \"{}\"\nclient_id = \"nway-client\"\n\
+             client_secret = \"nway-secret\"\npoll_interval = \"200ms\"\npoll_overlap = \"1s\"\n\
+             [systems.fields]\ntier = \"Tier__c\"\n\
+             [[systems]]\nname = \"warehouse\"\nkind = \"http\"\nurl = \"{}\"\n",
+            stripe.url(),
+            sf.url(),
+            warehouse.url("/warehouse")
+        );
+        #[derive(serde::Deserialize)]
+        struct File {
+            systems: Vec<toml::Table>,
+        }
+        let file: File = toml::from_str(&systems).unwrap();
+        let configs: Vec<SystemConfig> = file.systems.into_iter().map(|t| SystemConfig::from_table(t).unwrap()).collect();
+        let engine = Arc::new(Engine::new(store.clone(), configs.clone()).unwrap());
+        let (stop, rx) = watch::channel(false);
+        let mut tasks = engine.spawn(rx.clone());
+        let app = router(
+            AppState::new(store.clone(), ApiTokens::default()).with_systems(configs).with_pipelines(engine.pipelines()),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let mut until = rx;
+        tasks.spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = until.wait_for(|s| *s).await;
+                })
+                .await;
+        });
+        stripe.add_webhook("hub", &format!("{url}/webhooks/stripe"), WHSEC);
+        World { store: store.clone(), url, stripe, sf, warehouse, http: reqwest::Client::new(), stop, tasks }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    async fn stripe_post(&self, path: &str, form: &[(&str, &str)]) -> Value {
+        let r = self.http.post(format!("{}{path}", self.stripe.url())).bearer_auth(STRIPE_KEY).form(form);
+        r.send().await.unwrap().json().await.unwrap()
+    }
+
+    async fn stripe_get(&self, path: &str) -> Value {
+        let r = self.http.get(format!("{}{path}", self.stripe.url())).bearer_auth(STRIPE_KEY);
+        r.send().await.unwrap().json().await.unwrap()
+    }
+
+    /// The Salesforce Contact holding this hub id, if any (live).
+    fn contact(&self, hub_id: &str) -> Option<Value> {
+        self.sf.records("Contact").into_iter().find(|c| c["Syncflow_Id__c"] == hub_id)
+    }
+
+    /// The newest body the warehouse received for this record.
+    fn warehoused(&self, hub_id: &str) -> Option<Value> {
+        self.warehouse.applied().into_iter().rev().find(|b| b["change"]["record_id"] == hub_id)
+    }
+
+    async fn hub(&self, id: &str) -> syncflow_core::Record {
+        self.store.get(&CUSTOMER, id).await.unwrap().unwrap()
+    }
+
+    /// Waits until no delivery is unfinished and no inbox row unsettled.
+    async fn quiet(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let list = self.store.deliveries(&DeliveryFilter { limit: 1000, ..Default::default() }).await.unwrap();
+            let mut unsettled = 0;
+            for system in ["stripe", "salesforce"] {
+                unsettled += self.store.inbox_unsettled(system, 10).await.unwrap().len();
+            }
+            if list.iter().all(|d| d.status.is_final()) && unsettled == 0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the hub did not settle: {list:#?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+backend_tests!(a_change_anywhere_reaches_everywhere_else_and_never_comes_back);
+
+async fn a_change_anywhere_reaches_everywhere_else_and_never_comes_back(t: TestStore) {
+    let w = World::start(&t.store).await;
+
+    // 1. Created in Stripe → the hub, Salesforce and the warehouse.
+    let cus = w.stripe_post("/v1/customers", &[("name", "Nia Wolf"), ("email", "nia@example.com"), ("metadata[tier]", "silver")]).await;
+    let cus_id = cus["id"].as_str().unwrap().to_string();
+    let link = eventually!("the hub customer", w.store.link_by_external_id("stripe", "customer", &cus_id).await.unwrap());
+    let hub_id = link.record_id.clone();
+    let contact = eventually!("the Salesforce contact", w.contact(&hub_id));
+    assert_eq!((contact["FirstName"].as_str(), contact["LastName"].as_str()), (Some("Nia"), Some("Wolf")));
+    assert_eq!((contact["Email"].as_str(), contact["Tier__c"].as_str()), (Some("nia@example.com"), Some("silver")));
+    let sf_id = contact["Id"].as_str().unwrap().to_string();
+    eventually!("the warehouse copy", w.warehoused(&hub_id));
+
+    // 2. Edited in Salesforce → Stripe and the warehouse.
+    w.sf.ui_update("Contact", &sf_id, json!({"LastName": "Wolfe"}));
+    eventually!("the Salesforce edit in Stripe", {
+        (w.stripe_get(&format!("/v1/customers/{cus_id}")).await["name"] == "Nia Wolfe").then_some(())
+    });
+    eventually!("the Salesforce edit in the warehouse", w.warehoused(&hub_id).filter(|b| b["data"]["name"] == "Nia Wolfe"));
+    w.quiet().await;
+
+    // 3. Different fields edited at once in Stripe and Salesforce: both survive everywhere.
+    w.stripe_post(&format!("/v1/customers/{cus_id}"), &[("email", "nia@wolfe.io")]).await;
+    w.sf.ui_update("Contact", &sf_id, json!({"Tier__c": "gold"}));
+    eventually!("both edits in the hub", {
+        let r = w.hub(&hub_id).await;
+        (r.fields["email"] == "nia@wolfe.io" && r.fields["metadata"]["tier"] == "gold").then_some(())
+    });
+    eventually!("both edits in Stripe", {
+        let c = w.stripe_get(&format!("/v1/customers/{cus_id}")).await;
+        (c["email"] == "nia@wolfe.io" && c["metadata"]["tier"] == "gold").then_some(())
+    });
+    eventually!("both edits in Salesforce", {
+        let c = w.sf.record("Contact", &sf_id).unwrap();
+        (c["Email"] == "nia@wolfe.io" && c["Tier__c"] == "gold").then_some(())
+    });
+    eventually!("both edits in the warehouse", {
+        w.warehoused(&hub_id).filter(|b| b["data"]["email"] == "nia@wolfe.io" && b["data"]["metadata"]["tier"] == "gold")
+    });
+    w.quiet().await;
+
+    // 4. Deleted in Salesforce → a tombstone in the hub → deleted in Stripe and the warehouse.
+    w.sf.ui_delete("Contact", &sf_id);
+    eventually!("the delete in the hub", w.hub(&hub_id).await.deleted_at);
+    eventually!("the delete in Stripe", (w.stripe_get(&format!("/v1/customers/{cus_id}")).await["deleted"] == true).then_some(()));
+    eventually!("the delete in the warehouse", w.warehoused(&hub_id).filter(|b| b["change"]["op"] == "delete"));
+    w.quiet().await;
+
+    // No system received its own change back; the transaction table shows each hop.
+    let origins: HashMap<i64, String> =
+        w.store.changes_of_record("customer", &hub_id).await.unwrap().into_iter().map(|c| (c.seq, c.origin)).collect();
+    let hops = w
+        .store
+        .deliveries(&DeliveryFilter { record_id: Some(hub_id.clone()), limit: 1000, ..Default::default() })
+        .await
+        .unwrap();
+    for d in &hops {
+        assert_ne!(origins.get(&d.change_seq), Some(&d.system), "delivery {} went back to its origin", d.id);
+    }
+    let (status, api): (u16, Value) = {
+        let r = w.http.get(format!("{}/v1/deliveries?record_id={hub_id}&limit=100", w.url)).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    };
+    assert_eq!(status, 200);
+    let systems: std::collections::BTreeSet<&str> =
+        api["data"].as_array().unwrap().iter().filter_map(|d| d["system"].as_str()).collect();
+    assert_eq!(systems.into_iter().collect::<Vec<_>>(), vec!["salesforce", "stripe", "warehouse"], "{api}");
+    let from = |o: &str| origins.values().filter(|v| *v == o).count();
+    assert!(from("stripe") >= 2 && from("salesforce") >= 3, "changes came from both systems: {origins:?}");
+    w.stop().await;
+}
