@@ -300,6 +300,11 @@ fn normalise(def: &FieldDef, value: &Value) -> Result<Value, FieldError> {
     if value.is_null() {
         return if def.required { Err(err("is required")) } else { Ok(Value::Null) };
     }
+    // PostgreSQL cannot store U+0000 in text or jsonb (SQLite can): refuse it for
+    // every backend and every way in (API, sync, inward events) alike.
+    if holds_nul(value) {
+        return Err(err("must not contain the NUL character (U+0000)"));
+    }
     match def.ty {
         FieldType::Text { max } => {
             let s = value.as_str().ok_or_else(|| err("must be a string"))?;
@@ -341,7 +346,11 @@ fn normalise(def: &FieldDef, value: &Value) -> Result<Value, FieldError> {
         }
         FieldType::Date => {
             let s = value.as_str().ok_or_else(|| err("must be a string"))?;
-            chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| err("must be a date as YYYY-MM-DD"))?;
+            // Years 1 to 9999 only: both backends store (and sort) those alike.
+            chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                .ok()
+                .filter(|d| (1..=9999).contains(&chrono::Datelike::year(d)) && s.len() == 10)
+                .ok_or_else(|| err("must be a date as YYYY-MM-DD"))?;
             Ok(Value::String(s.to_string()))
         }
         FieldType::DateTime => {
@@ -373,6 +382,16 @@ fn normalise(def: &FieldDef, value: &Value) -> Result<Value, FieldError> {
             }
             Ok(Value::String(s.to_string()))
         }
+    }
+}
+
+/// Whether any string or member name inside `value` contains U+0000.
+fn holds_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
     }
 }
 
@@ -434,6 +453,10 @@ mod tests {
             json!({"customer_id": "c", "amount": 1, "currency": "eur", "status": "lost"}),
             json!({"customer_id": "c", "amount": 1, "currency": "eur", "due_date": "2026-13-01"}),
             json!({"customer_id": "c", "amount": 1.5, "currency": "eur"}),
+            json!({"customer_id": "c", "amount": 1, "currency": "eur", "due_date": "-0001-01-01"}),
+            json!({"customer_id": "c", "amount": 1, "currency": "eur", "due_date": "12345-01-01"}),
+            json!({"customer_id": "c\u{0}", "amount": 1, "currency": "eur"}),
+            json!({"customer_id": "c", "amount": 1, "currency": "eur", "metadata": {"k\u{0}": "v"}}),
         ];
         for body in bad {
             assert!(INVOICE.validate_create(&obj(body.clone())).is_err(), "{body}");
