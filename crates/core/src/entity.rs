@@ -183,7 +183,9 @@ impl Entity {
                 None | Some(Value::Null) if def.required => {
                     errors.push(FieldError::new(def.name, "is required"));
                 }
-                None => {
+                // An explicit null on an optional field means "not given" (as in a
+                // patch): its default, never a NULL where the store wants a value.
+                None | Some(Value::Null) => {
                     let value = def
                         .default
                         .map_or(Value::Null, |d| serde_json::from_str(d).expect("entity default is valid JSON"));
@@ -434,6 +436,8 @@ mod tests {
         assert_eq!(f["status"], "draft");
         assert_eq!(f["metadata"], json!({}));
         assert_eq!(f["due_date"], Value::Null);
+        let f = CUSTOMER.validate_create(&obj(json!({"name": "A", "metadata": null}))).unwrap();
+        assert_eq!(f["metadata"], json!({}));
     }
 
     #[test]
