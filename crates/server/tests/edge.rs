@@ -150,8 +150,8 @@ async fn oversized_and_unwanted_bodies_are_413(t: TestStore) {
     assert_eq!(app.state.store.head_seq().await.unwrap(), head + 400);
 }
 
-fn app_with_tokens() -> impl std::future::Future<Output = App> {
-    async { App::new(syncflow_store::testing::sqlite().await, vec![]) }
+async fn app_with_tokens() -> App {
+    App::new(syncflow_store::testing::sqlite().await, vec![])
 }
 
 #[tokio::test]

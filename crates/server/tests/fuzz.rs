@@ -142,7 +142,7 @@ impl Gen {
     }
 
     /// A value shaped by a JSON schema most of the time, anything otherwise.
-    fn from_schema(&mut self, schema: &Value, doc: &Value, depth: u32) -> Value {
+    fn shaped_by(&mut self, schema: &Value, doc: &Value, depth: u32) -> Value {
         let schema = resolve(schema, doc);
         if depth == 0 || self.chance(0.2) {
             return self.any_json(depth.min(2));
@@ -164,7 +164,7 @@ impl Gen {
                 if let Some(props) = schema["properties"].as_object() {
                     for (k, s) in props {
                         if self.chance(0.7) {
-                            m.insert(k.clone(), self.from_schema(s, doc, depth - 1));
+                            m.insert(k.clone(), self.shaped_by(s, doc, depth - 1));
                         }
                     }
                 }
@@ -176,7 +176,7 @@ impl Gen {
             }
             "array" => {
                 let n = self.rng.gen_range(0..4);
-                Value::Array((0..n).map(|_| self.from_schema(&schema["items"], doc, depth - 1)).collect())
+                Value::Array((0..n).map(|_| self.shaped_by(&schema["items"], doc, depth - 1)).collect())
             }
             "integer" | "number" => self.number(),
             "boolean" => Value::Bool(self.chance(0.5)),
@@ -263,7 +263,7 @@ fn make_case(g: &mut Gen, doc: &Value, routes: &[(String, String)]) -> Case {
             let value = match g.rng.gen_range(0..4) {
                 0 => g.encoded(),
                 1 => g.rng.gen_range(0..5).to_string(),
-                _ => match g.from_schema(&p["schema"], doc, 1) {
+                _ => match g.shaped_by(&p["schema"], doc, 1) {
                     Value::String(s) => percent_encode(&clip(&s, 3000)),
                     other => percent_encode(&other.to_string()),
                 },
@@ -298,7 +298,7 @@ fn make_case(g: &mut Gen, doc: &Value, routes: &[(String, String)]) -> Case {
         0 => b"{\"name\": \"\xff\xfe\", \"changes\": [\xc3]}".to_vec(),
         1 => b"{\"name\": ".to_vec(),
         2 => g.any_json(3).to_string().into_bytes(),
-        _ => g.from_schema(body_schema, doc, 4).to_string().into_bytes(),
+        _ => g.shaped_by(body_schema, doc, 4).to_string().into_bytes(),
     };
     if !body.is_empty() {
         let ct = if g.chance(0.9) { "application/json" } else { "text/plain" };
