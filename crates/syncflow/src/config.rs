@@ -97,7 +97,15 @@ impl Config {
     }
 
     pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config> {
-        let mut value: toml::Value = toml::from_str(text)?;
+        // toml's own message quotes the offending line, which may hold a secret:
+        // say where, and what is wrong, without the line.
+        let mut value: toml::Value = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map_or((0, 0), |span| {
+                let before = &text[..span.start.min(text.len())];
+                (before.matches('\n').count() + 1, before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1)
+            });
+            anyhow!("TOML syntax error at line {line}, column {column}: {}", e.message().replace('\n', "; "))
+        })?;
         remember_secret_keys(&value, false);
         expand_env(&mut value, &env)?;
         value.try_into().map_err(|e: toml::de::Error| anyhow!(scrub(&e.to_string())))
@@ -340,6 +348,8 @@ mod tests {
         assert!(!err.contains("tok-from-env-7c1e") && err.contains("***"), "{err}");
         let err = Config::parse("[server]\napi_tokens = \"literal-tok-93a\"\n", |_| None).unwrap_err().to_string();
         assert!(!err.contains("literal-tok-93a"), "{err}");
+        let err = Config::parse("[server]\napi_tokens = [\"literal-tok-5e1\"\n", |_| None).unwrap_err().to_string();
+        assert!(!err.contains("literal-tok-5e1") && err.contains("at line 3"), "{err}");
         remember("postgres://u:pw-77bd@h/db");
         assert_eq!(scrub("password pw-77bd rejected"), "password *** rejected");
     }

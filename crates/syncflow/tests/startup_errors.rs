@@ -66,6 +66,8 @@ fn start_up_errors_never_show_planted_secrets() {
         ("[server]\napi_tokens = \"${TOK}\"\n".into(), vec![], vec![]),
         // The same with the token written in the file.
         (format!("[server]\napi_tokens = \"{LITERAL}\"\n"), vec![], vec![]),
+        // A syntax error on a line holding a secret.
+        (format!("[server]\napi_tokens = [\"{LITERAL}\"\nlisten = 1\n"), vec![], vec![]),
         // An invalid URL built from the environment.
         ("[[systems]]\nname = \"crm\"\nkind = \"http\"\nurl = \"${CRM_URL}\"\n".into(), vec![], vec![]),
         // A secret where a number is expected, inside a connector's block.
