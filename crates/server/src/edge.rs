@@ -43,6 +43,7 @@ const NO_BODY_POSTS: &[&str] = &[
     "/v1/systems/{name}/pause",
     "/v1/systems/{name}/resume",
     "/v1/systems/{name}/replay",
+    "/v1/systems/{name}/inbox/replay",
     "/v1/deliveries/{id}/retry",
 ];
 
