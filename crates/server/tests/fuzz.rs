@@ -91,6 +91,21 @@ const ODD: &[&str] = &[
     "true",
 ];
 
+/// Bodies no JSON parser should accept, or that are only just JSON.
+const RAW_BODIES: &[&[u8]] = &[
+    b"{\"name\": \"\xff\xfe\", \"changes\": [\xc3]}",
+    b"{\"name\": \"\\ud800\"}",
+    b"{\"name\": \"\\u0000\"}",
+    b"{\"name\": \"a\", \"name\": \"b\"}",
+    b"{\"amount\": 1e400}",
+    b"{\"amount\": -0}",
+    b"\xef\xbb\xbf{\"name\": \"bom\"}",
+    b"null",
+    b"[]",
+    b"\"string\"",
+    b"{} {}",
+];
+
 struct Gen {
     rng: StdRng,
     /// Ids of records that exist, so some requests reach real rows.
@@ -338,8 +353,12 @@ fn make_case(g: &mut Gen, doc: &Value, routes: &[(String, String)]) -> Case {
     let body_schema = &op["requestBody"]["content"]["application/json"]["schema"];
     let body: Vec<u8> = match g.rng.gen_range(0..10) {
         _ if body_schema.is_null() && g.chance(0.8) => Vec::new(),
-        0 => b"{\"name\": \"\xff\xfe\", \"changes\": [\xc3]}".to_vec(),
-        1 => b"{\"name\": ".to_vec(),
+        0 => g.pick(RAW_BODIES).to_vec(),
+        1 => match g.rng.gen_range(0..3) {
+            0 => format!("{}{}", "[".repeat(5000), "]".repeat(5000)).into_bytes(),
+            1 => format!("{{\"changes\": [{}]}}", "{\"entity\": \"customer\"},".repeat(1500) + "{}").into_bytes(),
+            _ => b"{\"name\": ".to_vec(),
+        },
         2 => g.any_json(3).to_string().into_bytes(),
         3..=5 => {
             g.wild = 0.03; // mostly valid, now and then one bad value deep inside
