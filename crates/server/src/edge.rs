@@ -6,8 +6,10 @@
 //! (U+0000 in a path, query parameter or JSON body is a 4xx naming where, never a
 //! PostgreSQL 500); no route reads more body than its limit, and a route that takes
 //! no body refuses one at once instead of leaving the client blocked; a request
-//! that is not a stream or long-poll never runs longer than `REQUEST_TIMEOUT`; the
-//! log line carries the route template, never the raw path, query or a token.
+//! that is not a stream or long-poll gets its response head within
+//! `AppState::request_timeout` (default `REQUEST_TIMEOUT`; a streamed body, such as
+//! an SSE feed, is not cut); the log line carries the route template, never the
+//! raw path, query or a token.
 
 use std::time::Duration;
 
