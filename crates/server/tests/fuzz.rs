@@ -344,7 +344,7 @@ fn make_case(g: &mut Gen, doc: &Value, routes: &[(String, String)]) -> Case {
         2 => headers.push(("authorization".into(), "Bearer wrong".into())),
         _ => headers.push(("authorization".into(), format!("Bearer {ADMIN}"))),
     }
-    for name in ["if-match", "syncflow-client", "last-event-id", "x-request-id"] {
+    for name in ["if-match", "syncflow-client", "last-event-id", "x-request-id", "idempotency-key"] {
         if g.chance(0.15) {
             let v: String = g.string().chars().filter(|c| c.is_ascii_graphic() || *c == ' ').take(200).collect();
             headers.push((name.into(), v));

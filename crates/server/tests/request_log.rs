@@ -49,25 +49,28 @@ async fn one_log_line_per_request_without_secrets() {
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
     let req = Request::builder()
-        .uri("/v1/customers/cust_secretid?email=hidden%40example.com")
+        .uri("/v1/customers/cust_secretid?include_deleted=true")
         .header("authorization", format!("Bearer {ADMIN}"))
         .header("x-request-id", "rid-42")
         .body(Body::empty())
         .unwrap();
     let resp = app.router.clone().oneshot(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let (s, _) = app.send(Method::GET, "/v1/customers?email=hidden%40example.com", Some(ADMIN), None).await;
+    assert_eq!(s, StatusCode::OK);
     let (s, _) = app.send(Method::GET, "/v1/nope", Some("not-the-token"), None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     app.send(Method::GET, "/healthz", None, None).await;
 
     let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
     let lines: Vec<&str> = text.lines().filter(|l| l.contains(" request")).collect();
-    assert_eq!(lines.len(), 2, "one line per API request, none for probes:\n{text}");
+    assert_eq!(lines.len(), 3, "one line per API request, none for probes:\n{text}");
     let first = lines[0];
     for part in ["INFO", "method=GET", "route=/v1/customers/{id}", "status=404", "ms=", "request_id=rid-42"] {
         assert!(first.contains(part), "{part} missing from {first}");
     }
-    assert!(lines[1].contains("status=401") && lines[1].contains("route=unmatched"), "{}", lines[1]);
+    assert!(lines[1].contains("status=200") && lines[1].contains("route=/v1/customers "), "{}", lines[1]);
+    assert!(lines[2].contains("status=401") && lines[2].contains("route=unmatched"), "{}", lines[2]);
     for secret in [ADMIN, "not-the-token", "hidden", "secretid"] {
         assert!(!text.contains(secret), "{secret} in the log:\n{text}");
     }
