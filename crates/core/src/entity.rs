@@ -183,7 +183,9 @@ impl Entity {
                 None | Some(Value::Null) if def.required => {
                     errors.push(FieldError::new(def.name, "is required"));
                 }
-                None => {
+                // An explicit null on an optional field means "not given" (as in a
+                // patch): its default, never a NULL where the store wants a value.
+                None | Some(Value::Null) => {
                     let value = def
                         .default
                         .map_or(Value::Null, |d| serde_json::from_str(d).expect("entity default is valid JSON"));
@@ -300,6 +302,11 @@ fn normalise(def: &FieldDef, value: &Value) -> Result<Value, FieldError> {
     if value.is_null() {
         return if def.required { Err(err("is required")) } else { Ok(Value::Null) };
     }
+    // PostgreSQL cannot store U+0000 in text or jsonb (SQLite can): refuse it for
+    // every backend and every way in (API, sync, inward events) alike.
+    if holds_nul(value) {
+        return Err(err("must not contain the NUL character (U+0000)"));
+    }
     match def.ty {
         FieldType::Text { max } => {
             let s = value.as_str().ok_or_else(|| err("must be a string"))?;
@@ -341,7 +348,11 @@ fn normalise(def: &FieldDef, value: &Value) -> Result<Value, FieldError> {
         }
         FieldType::Date => {
             let s = value.as_str().ok_or_else(|| err("must be a string"))?;
-            chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| err("must be a date as YYYY-MM-DD"))?;
+            // Years 1 to 9999 only: both backends store (and sort) those alike.
+            chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                .ok()
+                .filter(|d| (1..=9999).contains(&chrono::Datelike::year(d)) && s.len() == 10)
+                .ok_or_else(|| err("must be a date as YYYY-MM-DD"))?;
             Ok(Value::String(s.to_string()))
         }
         FieldType::DateTime => {
@@ -373,6 +384,16 @@ fn normalise(def: &FieldDef, value: &Value) -> Result<Value, FieldError> {
             }
             Ok(Value::String(s.to_string()))
         }
+    }
+}
+
+/// Whether any string or member name inside `value` contains U+0000.
+fn holds_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
     }
 }
 
@@ -415,6 +436,8 @@ mod tests {
         assert_eq!(f["status"], "draft");
         assert_eq!(f["metadata"], json!({}));
         assert_eq!(f["due_date"], Value::Null);
+        let f = CUSTOMER.validate_create(&obj(json!({"name": "A", "metadata": null}))).unwrap();
+        assert_eq!(f["metadata"], json!({}));
     }
 
     #[test]
@@ -434,6 +457,10 @@ mod tests {
             json!({"customer_id": "c", "amount": 1, "currency": "eur", "status": "lost"}),
             json!({"customer_id": "c", "amount": 1, "currency": "eur", "due_date": "2026-13-01"}),
             json!({"customer_id": "c", "amount": 1.5, "currency": "eur"}),
+            json!({"customer_id": "c", "amount": 1, "currency": "eur", "due_date": "-0001-01-01"}),
+            json!({"customer_id": "c", "amount": 1, "currency": "eur", "due_date": "12345-01-01"}),
+            json!({"customer_id": "c\u{0}", "amount": 1, "currency": "eur"}),
+            json!({"customer_id": "c", "amount": 1, "currency": "eur", "metadata": {"k\u{0}": "v"}}),
         ];
         for body in bad {
             assert!(INVOICE.validate_create(&obj(body.clone())).is_err(), "{body}");

@@ -125,6 +125,7 @@ impl SystemConfig {
         let backoff_initial = duration("backoff_initial", "1s", &mut t)?;
         let backoff_max = duration("backoff_max", "5m", &mut t)?;
         let lease = duration("lease", "60s", &mut t)?;
+        check_lease(n, &kind, lease, &t)?;
         let callback_url = take(&mut t, n, "callback_url", |v| v.as_str().map(str::to_string), "a URL")?;
         let callback_secret = take(&mut t, n, "callback_secret", |v| v.as_str().map(str::to_string), "a string")?;
         const POLICIES: &str = "external_wins, hub_wins, newest_wins or manual";
@@ -158,6 +159,48 @@ impl SystemConfig {
     }
 }
 
+/// The longest one request of a connector may take: its `timeout` setting (left
+/// in place for the connector) or the connector's default.
+fn request_timeout(system: &str, kind: &str, settings: &toml::Table) -> Result<Duration, ConfigError> {
+    match settings.get("timeout") {
+        Some(toml::Value::String(text)) => parse_duration(text)
+            .map_err(|e| ConfigError::Invalid { system: system.to_string(), message: format!("`timeout`: {e}") }),
+        Some(_) => Err(ConfigError::Invalid {
+            system: system.to_string(),
+            message: "`timeout` must be a duration like \"10s\"".into(),
+        }),
+        None if kind == "stripe" => Ok(syncflow_connectors::stripe::config::DEFAULT_TIMEOUT),
+        None => Ok(syncflow_connectors::http::DEFAULT_TIMEOUT),
+    }
+}
+
+/// A lease must outlast any push: when it can expire while a request is still
+/// running, another worker (or node) claims the delivery and pushes it again.
+fn check_lease(system: &str, kind: &str, lease: Duration, settings: &toml::Table) -> Result<(), ConfigError> {
+    let timeout = request_timeout(system, kind, settings)?;
+    if lease <= timeout {
+        return Err(ConfigError::Invalid {
+            system: system.to_string(),
+            message: format!(
+                "`lease` ({}) must be longer than the request `timeout` ({}{}), or a delivery still being \
+                 pushed could be claimed and pushed again; raise `lease` or lower `timeout`",
+                show(lease),
+                show(timeout),
+                if settings.contains_key("timeout") { "" } else { ", the default" },
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn show(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,5 +231,17 @@ mod tests {
         assert!(SystemConfig::from_table(table("name = \"api\"\nkind = \"http\"")).is_err());
         assert!(SystemConfig::from_table(table("name = \"x\"\nkind = \"http\"\nconcurrency = 0")).is_err());
         assert!(SystemConfig::from_table(table("kind = \"http\"")).is_err());
+    }
+
+    #[test]
+    fn a_lease_shorter_than_a_push_is_refused() {
+        let err = |text: &str| SystemConfig::from_table(table(text)).err().map(|e| e.to_string());
+        let e = err("name = \"crm\"\nkind = \"http\"\nlease = \"2s\"").expect("2s lease < 10s default timeout");
+        assert!(e.contains("`lease` (2s)") && e.contains("`timeout` (10s, the default)"), "{e}");
+        let e = err("name = \"crm\"\nkind = \"http\"\nlease = \"5s\"\ntimeout = \"5s\"").expect("equal");
+        assert!(e.contains("(5s)") && e.contains("system `crm`"), "{e}");
+        assert!(err("name = \"s\"\nkind = \"stripe\"\nlease = \"15s\"").is_some(), "stripe's default is 20s");
+        assert_eq!(err("name = \"crm\"\nkind = \"http\"\nlease = \"3s\"\ntimeout = \"2500ms\""), None);
+        assert_eq!(err("name = \"crm\"\nkind = \"http\""), None, "defaults: 60s lease, 10s timeout");
     }
 }

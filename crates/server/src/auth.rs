@@ -349,7 +349,18 @@ fn client_route_check(principal: &Principal, path: &str) -> Result<(), ApiError>
     }
 }
 
+/// Whether `path` is under `/v1`, where a token is required (when configured)
+/// whether or not a route matches, so an unknown path tells nothing about routes.
+fn is_api_path(path: &str) -> bool {
+    path == "/v1" || path.starts_with("/v1/")
+}
+
+/// Authenticates every `/v1` request before it is routed (applied to the whole
+/// router, fallback included) and leaves every other path alone.
 pub(crate) async fn require_token(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    if !is_api_path(req.uri().path()) {
+        return next.run(req).await;
+    }
     let header = req.headers().get("authorization").map(|v| v.to_str().unwrap_or(""));
     let presented = header.and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))).map(str::trim);
     let auth_enabled = !state.tokens.is_empty() || state.clients.has_tokens();

@@ -44,8 +44,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("request body must be JSON (Content-Type: application/json)")]
     UnsupportedMediaType,
-    #[error("request body too large")]
-    PayloadTooLarge,
+    /// A body over the route's limit, or any body on a route that takes none.
+    #[error("{0}")]
+    PayloadTooLarge(String),
     #[error("validation failed")]
     Invalid(Vec<FieldError>),
     #[error("validation failed; nothing was applied")]
@@ -67,7 +68,7 @@ impl ApiError {
             ApiError::VersionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Invalid(_) | ApiError::InvalidItems(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -85,7 +86,7 @@ impl ApiError {
             ApiError::VersionMismatch { .. } => "version_mismatch",
             ApiError::Conflict(_) => "conflict",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
-            ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::Invalid(_) | ApiError::InvalidItems(_) => "validation_failed",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",

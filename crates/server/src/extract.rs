@@ -1,5 +1,9 @@
 //! Request extractors whose failures are `ApiError`s: malformed JSON is a 400 with a
 //! clear message, never axum's plain-text rejection and never a 500.
+//!
+//! Invariant kept here: a JSON body holding text a backend cannot store (see
+//! `crate::edge::unstorable`) is refused whole with a 422 naming the field, the same
+//! on SQLite and PostgreSQL, before any handler runs.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -17,7 +21,15 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match axum::Json::<Value>::from_request(req, state).await {
-            Ok(axum::Json(Value::Object(map))) => Ok(JsonObject(map)),
+            Ok(axum::Json(Value::Object(map))) => {
+                let mut problems = Vec::new();
+                crate::edge::find_in_members(&map, "", &mut problems);
+                if problems.is_empty() {
+                    Ok(JsonObject(map))
+                } else {
+                    Err(ApiError::InvalidItems(problems))
+                }
+            }
             Ok(_) => Err(ApiError::BadRequest("request body must be a JSON object".into())),
             Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::UnsupportedMediaType),
             Err(JsonRejection::JsonSyntaxError(e)) => {
@@ -27,7 +39,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
                 Err(ApiError::BadRequest(format!("malformed JSON: {}", e.body_text())))
             }
             Err(JsonRejection::BytesRejection(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Err(ApiError::PayloadTooLarge)
+                Err(ApiError::PayloadTooLarge(format!("request body too large: {}", e.body_text())))
             }
             Err(e) => Err(ApiError::BadRequest(e.body_text())),
         }

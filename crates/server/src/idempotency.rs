@@ -27,8 +27,9 @@ pub(crate) const HEADER: &str = "idempotency-key";
 pub(crate) const REPLAYED: &str = "idempotent-replayed";
 /// Longest key accepted.
 const MAX_KEY: usize = 255;
-/// Largest request or response body handled (the API's own JSON limit).
-const MAX_BODY: usize = 2 * 1024 * 1024;
+/// Largest request or response body handled: the largest route body limit (the
+/// edge holds each route's request body to its own limit before this runs).
+const MAX_BODY: usize = crate::edge::SYNC_BODY_LIMIT;
 /// How long a duplicate waits for the first request with its key to finish.
 const WAIT_FOR_FIRST: Duration = Duration::from_secs(10);
 /// Response headers a replay repeats.
@@ -92,7 +93,7 @@ pub(crate) async fn guard(State(state): State<AppState>, req: Request, next: Nex
     let scope = scope(req.headers());
     let (parts, body) = req.into_parts();
     let Ok(bytes) = to_bytes(body, MAX_BODY).await else {
-        return ApiError::PayloadTooLarge.into_response();
+        return ApiError::PayloadTooLarge("request body over this route's limit".into()).into_response();
     };
     let target = parts.uri.path_and_query().map_or("", |p| p.as_str());
     // `If-Match` is part of the request: the same body against another version is another request.

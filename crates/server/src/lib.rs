@@ -9,6 +9,7 @@ mod catalog;
 mod changes;
 mod conflicts;
 mod deliveries;
+mod edge;
 pub mod error;
 mod extract;
 mod idempotency;
@@ -33,6 +34,10 @@ use syncflow_core::metrics::Registry;
 use syncflow_engine::{Pipeline, SystemConfig};
 use syncflow_store::Store;
 use tokio::sync::watch;
+use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
+use tower_http::compression::CompressionLayer;
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
 
 pub use auth::{ApiTokens, ClientConfigError, ClientSpec, Clients, Principal};
 pub use error::{ApiError, ItemFieldError};
@@ -73,6 +78,8 @@ pub struct AppState {
     /// Sync clients and their entity grants (`[[clients]]`).
     pub clients: Clients,
     pub live: LiveSettings,
+    /// Longest a request other than a stream or long-poll may run.
+    pub request_timeout: Duration,
     /// Flipped to `true` when the server starts shutting down, so event streams and
     /// long-polls end instead of holding graceful shutdown open.
     shutdown: Arc<watch::Sender<bool>>,
@@ -88,6 +95,7 @@ impl AppState {
             pipelines: Arc::default(),
             clients: Clients::default(),
             live: LiveSettings::default(),
+            request_timeout: edge::REQUEST_TIMEOUT,
             shutdown: Arc::new(watch::channel(false).0),
         }
     }
@@ -119,6 +127,11 @@ impl AppState {
         self
     }
 
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
     /// Ends open event streams and long-polls (call when shutdown begins).
     pub fn begin_shutdown(&self) {
         self.shutdown.send_replace(true);
@@ -130,7 +143,10 @@ impl AppState {
 }
 
 /// The whole HTTP surface. `/v1/*` requires a bearer token when tokens are
-/// configured; health, readiness, metrics and the OpenAPI document stay open.
+/// configured (checked before routing, so unknown `/v1` paths are a 401 too);
+/// health, readiness, metrics and the OpenAPI document stay open. Every request
+/// passes the edge layers (see `edge`): request id, one log line, metrics,
+/// compression, authentication, body limits, storable-text checks, time limits.
 pub fn router(state: AppState) -> Router {
     let mut api = Router::new();
     for entity in syncflow_core::ENTITIES.iter().copied() {
@@ -143,8 +159,8 @@ pub fn router(state: AppState) -> Router {
         .merge(sync::routes())
         .merge(seed::routes())
         .merge(stream::routes())
-        .route_layer(middleware::from_fn_with_state(state.clone(), idempotency::guard))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
+        // After authentication (an outer layer below): keys are per caller.
+        .route_layer(middleware::from_fn_with_state(state.clone(), idempotency::guard));
 
     Router::new()
         .merge(api)
@@ -152,11 +168,56 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(openapi::document))
-        // Outside the bearer-token layer: a webhook is authenticated by its signature.
+        // Outside the bearer-token check: a webhook is authenticated by its signature.
         .route("/webhooks/{system}", axum::routing::post(webhooks::receive))
         .fallback(ops::not_found)
+        // Innermost first: each `layer` wraps the ones above it.
+        .layer(middleware::from_fn_with_state(state.clone(), edge::time_limit))
+        .layer(middleware::from_fn(edge::storable_uri))
+        .layer(middleware::from_fn(edge::limit_body))
+        .layer(middleware::from_fn_with_state(state.clone(), auth::require_token))
         .layer(middleware::from_fn_with_state(state.clone(), record_request))
+        .layer(
+            CompressionLayer::new()
+                .gzip(true)
+                .compress_when(SizeAbove::new(1024).and(NotForContentType::SSE).and(NotForContentType::IMAGES)),
+        )
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_request(())
+                .on_response(log_response)
+                .on_body_chunk(())
+                .on_eos(())
+                .on_failure(()),
+        )
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(edge::MakeId))
+        .layer(middleware::from_fn(edge::screen_request_id))
         .with_state(state)
+}
+
+/// Probes scraped every few seconds: logged at `debug`, so an idle hub is quiet.
+const PROBES: &[&str] = &["/healthz", "/readyz", "/metrics"];
+
+/// The span of one request: method, route template (never the raw path or query,
+/// which may hold ids or secrets) and request id. Handler logs inherit it.
+fn request_span(req: &Request) -> tracing::Span {
+    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str);
+    let id = edge::request_id(req.headers());
+    if PROBES.contains(&route) {
+        tracing::debug_span!("request", method = %req.method(), route = %route, request_id = %id)
+    } else {
+        tracing::info_span!("request", method = %req.method(), route = %route, request_id = %id)
+    }
+}
+
+/// The one log line per request, once its response head is ready.
+fn log_response(resp: &Response, latency: Duration, span: &tracing::Span) {
+    if span.is_disabled() {
+        return;
+    }
+    tracing::info!(parent: span, status = resp.status().as_u16(), ms = latency.as_millis() as u64, "request");
 }
 
 /// Counts and times every request by its route template (not its raw path, which

@@ -2,10 +2,15 @@
 //! contain it) to take it from the environment, so secrets stay out of the file.
 //! Precedence for each setting: command-line flag, then environment variable, then
 //! the file, then the built-in default.
+//!
+//! Invariant kept here: no error shows a value that came from the environment or
+//! sits under a secret-looking key. Every such value is remembered (`remember`) and
+//! blanked out of error text (`scrub`) before anything is printed.
 
 use std::path::Path;
+use std::sync::Mutex;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]
@@ -92,13 +97,91 @@ impl Config {
     }
 
     pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config> {
-        let mut value: toml::Value = toml::from_str(text)?;
+        // toml's own message quotes the offending line, which may hold a secret:
+        // say where, and what is wrong, without the line.
+        let mut value: toml::Value = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map_or((0, 0), |span| {
+                let before = &text[..span.start.min(text.len())];
+                (before.matches('\n').count() + 1, before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1)
+            });
+            anyhow!("TOML syntax error at line {line}, column {column}: {}", e.message().replace('\n', "; "))
+        })?;
+        remember_secret_keys(&value, false);
         expand_env(&mut value, &env)?;
-        Ok(value.try_into()?)
+        value.try_into().map_err(|e: toml::de::Error| anyhow!(scrub(&e.to_string())))
     }
 }
 
-/// Replaces `${VAR}` in every string value with the variable's value.
+/// Values never to be shown: expanded `${VAR}`s and secret-looking settings.
+static SECRETS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Values this short are not secrets and would blank out ordinary words.
+const MIN_SECRET: usize = 4;
+
+/// Remembers a value that must never appear in an error or log line.
+pub fn remember(value: &str) {
+    let value = value.trim();
+    if value.chars().count() < MIN_SECRET {
+        return;
+    }
+    let mut list = SECRETS.lock().unwrap_or_else(|e| e.into_inner());
+    if !list.iter().any(|s| s == value) {
+        list.push(value.to_string());
+    }
+    drop(list);
+    remember_password(value);
+}
+
+/// Remembers only the password of a URL such as `postgres://user:pw@host/db`
+/// (the rest of a database URL helps in errors and is not secret).
+pub fn remember_password(url: &str) {
+    if let (Some(scheme_end), Some(at)) = (url.find("://"), url.rfind('@')) {
+        if let Some((_, password)) = url.get(scheme_end + 3..at).and_then(|u| u.split_once(':')) {
+            let mut list = SECRETS.lock().unwrap_or_else(|e| e.into_inner());
+            if password.chars().count() >= MIN_SECRET && !list.iter().any(|s| s == password) {
+                list.push(password.to_string());
+            }
+        }
+    }
+}
+
+/// `text` with every remembered value (as written or as escaped in quotes)
+/// replaced by `***`, longest first so one secret inside another is covered.
+pub fn scrub(text: &str) -> String {
+    let mut list = SECRETS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    list.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut out = text.to_string();
+    for secret in &list {
+        let escaped = format!("{secret:?}");
+        let escaped = &escaped[1..escaped.len() - 1];
+        out = out.replace(secret.as_str(), "***");
+        if escaped != secret {
+            out = out.replace(escaped, "***");
+        }
+    }
+    out
+}
+
+/// Keys whose values are credentials, wherever they appear.
+fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["token", "secret", "password", "key", "headers"].iter().any(|k| key.contains(k))
+}
+
+/// Remembers every string under a secret-looking key (`under_secret`: the value
+/// sits inside one already, such as an item of `api_tokens`).
+fn remember_secret_keys(value: &toml::Value, under_secret: bool) {
+    match value {
+        toml::Value::String(s) if under_secret => remember(s),
+        toml::Value::String(s) => remember_password(s),
+        toml::Value::Array(items) => items.iter().for_each(|v| remember_secret_keys(v, under_secret)),
+        toml::Value::Table(t) => t.iter().for_each(|(k, v)| remember_secret_keys(v, under_secret || is_secret_key(k))),
+        _ => {}
+    }
+}
+
+/// Replaces `${VAR}` in every string value with the variable's value, and
+/// remembers each value taken from the environment (see `scrub`).
 fn expand_env(value: &mut toml::Value, env: &impl Fn(&str) -> Option<String>) -> Result<()> {
     match value {
         toml::Value::String(s) => {
@@ -109,7 +192,10 @@ fn expand_env(value: &mut toml::Value, env: &impl Fn(&str) -> Option<String>) ->
                 let Some(end) = rest[start..].find('}') else { bail!("unterminated ${{ in `{s}`") };
                 let name = &rest[start + 2..start + end];
                 match env(name) {
-                    Some(v) => out.push_str(&v),
+                    Some(v) => {
+                        remember(&v);
+                        out.push_str(&v);
+                    }
                     None => {
                         bail!("environment variable {name} is not set (referenced by the config)")
                     }
@@ -253,6 +339,19 @@ mod tests {
         assert!(c.clients[1].anonymous && c.clients[1].token.is_none());
         assert!(!format!("{c:?}").contains("till-secret"));
         assert!(Config::parse("[[clients]]\nid = \"x\"\ntoken = \"t\"\nscopes = []\n", |_| None).is_err());
+    }
+
+    #[test]
+    fn errors_never_show_values_from_the_environment_or_secret_keys() {
+        let env = |k: &str| (k == "TOK").then(|| "tok-from-env-7c1e".to_string());
+        let err = Config::parse("[server]\napi_tokens = \"${TOK}\"\n", env).unwrap_err().to_string();
+        assert!(!err.contains("tok-from-env-7c1e") && err.contains("***"), "{err}");
+        let err = Config::parse("[server]\napi_tokens = \"literal-tok-93a\"\n", |_| None).unwrap_err().to_string();
+        assert!(!err.contains("literal-tok-93a"), "{err}");
+        let err = Config::parse("[server]\napi_tokens = [\"literal-tok-5e1\"\n", |_| None).unwrap_err().to_string();
+        assert!(!err.contains("literal-tok-5e1") && err.contains("at line 3"), "{err}");
+        remember("postgres://u:pw-77bd@h/db");
+        assert_eq!(scrub("password pw-77bd rejected"), "password *** rejected");
     }
 
     #[test]

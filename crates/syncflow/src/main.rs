@@ -9,6 +9,7 @@ mod sandbox;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -128,7 +129,10 @@ struct DbArgs {
 
 impl DbArgs {
     fn url(&self, config: &Config) -> String {
-        self.database_url.clone().or(config.server.database_url.clone()).unwrap_or_else(|| DEFAULT_DATABASE.into())
+        let url =
+            self.database_url.clone().or(config.server.database_url.clone()).unwrap_or_else(|| DEFAULT_DATABASE.into());
+        config::remember_password(&url);
+        url
     }
 
     /// Opens (creating and migrating if needed) the hub's database: for `serve`.
@@ -182,8 +186,40 @@ struct ServeArgs {
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_DATABASE: &str = "sqlite:syncflow.db";
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+/// Environment variables the binary reads itself; their values are never shown.
+const OWN_ENV: &[&str] =
+    &["SYNCFLOW_API_TOKENS", "SYNCFLOW_DATABASE_URL", "SYNCFLOW_LISTEN", "SYNCFLOW_LOG_FORMAT", "SYNCFLOW_CONFIG"];
+
+/// Runs the command; any error is printed with every value from the environment
+/// or under a secret key blanked out (see `config::scrub`).
+fn main() -> ExitCode {
+    for name in OWN_ENV {
+        if let Ok(value) = std::env::var(name) {
+            config::remember(&value);
+            value.split(',').for_each(config::remember);
+        }
+    }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprint!("{}", config::scrub(&e.render().to_string()));
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {}", config::scrub(&format!("{e:?}")));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     let config = match &cli.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
@@ -264,7 +300,10 @@ async fn serve(args: ServeArgs, config: Config, ready: Option<tokio::sync::onesh
     let addr: SocketAddr =
         listen.parse().with_context(|| format!("--listen {listen:?} is not an address like 127.0.0.1:8080"))?;
     let tokens = match args.api_tokens {
-        Some(list) => ApiTokens::parse(&list),
+        Some(list) => {
+            list.split(',').for_each(config::remember);
+            ApiTokens::parse(&list)
+        }
         None => ApiTokens::parse(&config.server.api_tokens.join(",")),
     };
     let clients =

@@ -14,7 +14,7 @@ use syncflow_sandbox::Receiver;
 
 fn write_config(dir: &Path, receiver: &Receiver) {
     let text = format!(
-        "[[systems]]\nname = \"crm\"\nkind = \"http\"\nurl = \"{}\"\nsecret = \"shh\"\nlease = \"2s\"\n\
+        "[[systems]]\nname = \"crm\"\nkind = \"http\"\nurl = \"{}\"\nsecret = \"shh\"\nlease = \"2s\"\ntimeout = \"1s\"\n\
          concurrency = 8\nbackoff_initial = \"100ms\"\nbackoff_max = \"500ms\"\n",
         receiver.url("/crm")
     );

@@ -11,6 +11,9 @@ use syncflow_core::sync::LinkUpdate;
 
 use crate::{retry, signature, Connector, Outcome, PushRequest};
 
+/// Per-request timeout when `timeout` is not set.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
@@ -33,7 +36,7 @@ impl HttpConfig {
         }
         let timeout = match &self.timeout {
             Some(t) => crate::parse_duration(t)?,
-            None => Duration::from_secs(10),
+            None => DEFAULT_TIMEOUT,
         };
         let mut headers = reqwest::header::HeaderMap::new();
         for (k, v) in &self.headers {

@@ -56,6 +56,9 @@ fn redact_key(key: &str) -> String {
     format!("{}***", mode.unwrap_or(""))
 }
 
+/// Per-request timeout when `timeout` is not set.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
+
 impl StripeConfig {
     pub fn build(self, system: &str) -> Result<StripeConnector, String> {
         if self.secret_key.trim().is_empty() {
@@ -83,7 +86,7 @@ impl StripeConfig {
         };
         let timeout = match &self.timeout {
             Some(t) => crate::parse_duration(t).map_err(|e| format!("timeout: {e}"))?,
-            None => Duration::from_secs(20),
+            None => DEFAULT_TIMEOUT,
         };
         let client = StripeClient::new(system, base, self.secret_key, rate, timeout)?;
         let webhook_secrets = self.webhook_secret.into_iter().chain(self.webhook_secret_previous).collect();
