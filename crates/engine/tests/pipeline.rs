@@ -225,7 +225,7 @@ async fn an_attempted_create_is_never_coalesced_into_a_second_object(t: TestStor
     let s = &t.store;
     let rec = s.create(&CUSTOMER, &obj(json!({"name": "Cy"})), "api").await.unwrap();
     rig.dispatch().await;
-    let first = rig.claim("n1", 0).await; // its lease is over at once: the node "died"
+    let first = rig.claim("n1", -1).await; // its lease is over at once: the node "died"
     let _ = rig.push(&first[0]).await; // the create reached Stripe; its outcome is lost
     s.update(&CUSTOMER, &rec.id, &obj(json!({"name": "Cy 2"})), None, "api").await.unwrap();
     s.update(&CUSTOMER, &rec.id, &obj(json!({"name": "Cy 3"})), None, "api").await.unwrap();
@@ -250,7 +250,7 @@ async fn a_stale_workers_late_outcome_is_dropped_and_renewed_leases_hold(t: Test
     let s = &t.store;
     s.create(&CUSTOMER, &obj(json!({"name": "Di"})), "api").await.unwrap();
     rig.dispatch().await;
-    let stale = rig.claim("n1", 0).await;
+    let stale = rig.claim("n1", -1).await; // already expired
     let again = rig.claim("n1", 60_000).await; // the same node, a new attempt
     assert_eq!(again[0].delivery.attempts, stale[0].delivery.attempts + 1);
     let outcome = rig.push(&stale[0]).await;

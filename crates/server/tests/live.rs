@@ -301,6 +301,7 @@ async fn postgres_long_poll_is_woken_by_another_node() {
     };
     let node2_store = syncflow_store::Store::open(&node1.url).await.unwrap();
     let listener = node2_store.spawn_listener().expect("postgres listens");
+    tokio::time::timeout(DEADLINE, node2_store.listening()).await.expect("the listener subscribes");
     let node2 = syncflow_server::router(
         syncflow_server::AppState::new(node2_store.clone(), Default::default()).with_live(live(15_000, 600)),
     );

@@ -71,7 +71,8 @@ impl World {
             systems: Vec<toml::Table>,
         }
         let file: File = toml::from_str(&systems).unwrap();
-        let configs: Vec<SystemConfig> = file.systems.into_iter().map(|t| SystemConfig::from_table(t).unwrap()).collect();
+        let configs: Vec<SystemConfig> =
+            file.systems.into_iter().map(|t| SystemConfig::from_table(t).unwrap()).collect();
         let engine = Arc::new(Engine::new(store.clone(), configs.clone()).unwrap());
         let (stop, rx) = watch::channel(false);
         let mut tasks = engine.spawn(rx.clone());
@@ -145,9 +146,15 @@ async fn a_change_anywhere_reaches_everywhere_else_and_never_comes_back(t: TestS
     let w = World::start(&t.store).await;
 
     // 1. Created in Stripe → the hub, Salesforce and the warehouse.
-    let cus = w.stripe_post("/v1/customers", &[("name", "Nia Wolf"), ("email", "nia@example.com"), ("metadata[tier]", "silver")]).await;
+    let cus = w
+        .stripe_post(
+            "/v1/customers",
+            &[("name", "Nia Wolf"), ("email", "nia@example.com"), ("metadata[tier]", "silver")],
+        )
+        .await;
     let cus_id = cus["id"].as_str().unwrap().to_string();
-    let link = eventually!("the hub customer", w.store.link_by_external_id("stripe", "customer", &cus_id).await.unwrap());
+    let link =
+        eventually!("the hub customer", w.store.link_by_external_id("stripe", "customer", &cus_id).await.unwrap());
     let hub_id = link.record_id.clone();
     let contact = eventually!("the Salesforce contact", w.contact(&hub_id));
     assert_eq!((contact["FirstName"].as_str(), contact["LastName"].as_str()), (Some("Nia"), Some("Wolf")));
@@ -160,7 +167,10 @@ async fn a_change_anywhere_reaches_everywhere_else_and_never_comes_back(t: TestS
     eventually!("the Salesforce edit in Stripe", {
         (w.stripe_get(&format!("/v1/customers/{cus_id}")).await["name"] == "Nia Wolfe").then_some(())
     });
-    eventually!("the Salesforce edit in the warehouse", w.warehoused(&hub_id).filter(|b| b["data"]["name"] == "Nia Wolfe"));
+    eventually!(
+        "the Salesforce edit in the warehouse",
+        w.warehoused(&hub_id).filter(|b| b["data"]["name"] == "Nia Wolfe")
+    );
     w.quiet().await;
 
     // 3. Different fields edited at once in Stripe and Salesforce: both survive everywhere.
@@ -179,14 +189,18 @@ async fn a_change_anywhere_reaches_everywhere_else_and_never_comes_back(t: TestS
         (c["Email"] == "nia@wolfe.io" && c["Tier__c"] == "gold").then_some(())
     });
     eventually!("both edits in the warehouse", {
-        w.warehoused(&hub_id).filter(|b| b["data"]["email"] == "nia@wolfe.io" && b["data"]["metadata"]["tier"] == "gold")
+        w.warehoused(&hub_id)
+            .filter(|b| b["data"]["email"] == "nia@wolfe.io" && b["data"]["metadata"]["tier"] == "gold")
     });
     w.quiet().await;
 
     // 4. Deleted in Salesforce → a tombstone in the hub → deleted in Stripe and the warehouse.
     w.sf.ui_delete("Contact", &sf_id);
     eventually!("the delete in the hub", w.hub(&hub_id).await.deleted_at);
-    eventually!("the delete in Stripe", (w.stripe_get(&format!("/v1/customers/{cus_id}")).await["deleted"] == true).then_some(()));
+    eventually!(
+        "the delete in Stripe",
+        (w.stripe_get(&format!("/v1/customers/{cus_id}")).await["deleted"] == true).then_some(())
+    );
     eventually!("the delete in the warehouse", w.warehoused(&hub_id).filter(|b| b["change"]["op"] == "delete"));
     w.quiet().await;
 

@@ -97,6 +97,8 @@ pub(crate) struct Inner {
     pub(crate) wake: watch::Sender<u64>,
     /// The process's metrics registry; the store is the root every part shares.
     pub(crate) metrics: Arc<Registry>,
+    /// True while the PostgreSQL listener is subscribed (`spawn_listener`).
+    pub(crate) listening: watch::Sender<bool>,
 }
 
 /// Expands `$body` once per backend with `$pool` bound to the pool that may write.
@@ -168,7 +170,8 @@ impl Store {
             Backend::Sqlite { write, read }
         };
         let (wake, _) = watch::channel(0);
-        let store = Store { inner: Arc::new(Inner { backend, wake, metrics: Arc::new(Registry::new()) }) };
+        let listening = watch::channel(false).0;
+        let store = Store { inner: Arc::new(Inner { backend, wake, metrics: Arc::new(Registry::new()), listening }) };
         migrate::run(&store).await?;
         Ok(store)
     }
@@ -218,6 +221,7 @@ impl Store {
                 let listener = async {
                     let mut l = sqlx::postgres::PgListener::connect_with(&pool).await?;
                     l.listen("syncflow_changes").await?;
+                    store.inner.listening.send_replace(true);
                     loop {
                         l.recv().await?;
                         store.notify_deliveries();
@@ -226,11 +230,19 @@ impl Store {
                     Ok::<(), sqlx::Error>(())
                 };
                 if let Err(e) = listener.await {
+                    store.inner.listening.send_replace(false);
                     tracing::warn!(error = %e, "change listener lost its connection; reconnecting");
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }))
+    }
+
+    /// Resolves once the listener started by `spawn_listener` is subscribed, so other
+    /// nodes' notifications from then on reach this one (tests wait for it).
+    pub async fn listening(&self) {
+        let mut rx = self.inner.listening.subscribe();
+        let _ = rx.wait_for(|l| *l).await;
     }
 
     /// Wakes delivery workers (after a replay, retry or resume).
