@@ -6,6 +6,7 @@
 //! whatever it measures.
 
 mod hub;
+mod salesforce_scenarios;
 mod scenarios;
 mod stripe_scenarios;
 

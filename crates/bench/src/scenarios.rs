@@ -31,6 +31,10 @@ pub const ALL: &[Scenario] = &[
     Scenario { name: "client-sync-throughput", run: |e, q| Box::pin(client_sync_throughput(e, q)) },
     Scenario { name: "delta-sync-requests", run: |e, q| Box::pin(delta_sync_requests(e, q)) },
     Scenario { name: "commit-to-sse-latency", run: |e, q| Box::pin(sse_latency(e, q)) },
+    Scenario {
+        name: "salesforce-backlog-calls",
+        run: |e, q| Box::pin(crate::salesforce_scenarios::backlog_calls(e, q)),
+    },
 ];
 
 fn http_system(name: &str, receiver: &Receiver, extra: &str) -> String {
