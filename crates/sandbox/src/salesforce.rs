@@ -389,6 +389,13 @@ struct Data {
     integration_user: String,
     ui_user: String,
     org_id: String,
+    /// Live records by lower-cased external id: upserts stay O(log n) at bench sizes.
+    external_ids: HashMap<(SObject, String), std::collections::BTreeSet<String>>,
+    /// The changeOrigin of each record's last write (`com/salesforce/api/rest/66.0;client=…`);
+    /// empty for UI edits.
+    origins: HashMap<String, String>,
+    /// The origin of the API call being served; `None` for UI edits.
+    current_origin: Option<String>,
 }
 
 struct Auth {
@@ -470,6 +477,9 @@ impl Data {
             integration_user: id18("005Hs00000SyncA"),
             ui_user: id18("005Hs00000UiUsr"),
             org_id: id18("00DHs00000SyncF"),
+            external_ids: HashMap::new(),
+            origins: HashMap::new(),
+            current_origin: None,
         };
         d.earliest_deleted = floor_minute(d.now());
         d
@@ -493,23 +503,44 @@ impl Data {
 
     /// Every change of a stored row goes through here, so all-or-none can undo it.
     fn put(&mut self, t: SObject, id: String, row: Option<Row>) {
-        let table = self.rows.get_mut(&t).expect("table");
-        let old = match row {
-            Some(r) => table.insert(id.clone(), r),
-            None => table.remove(&id),
-        };
+        let old = self.replace(t, &id, row);
+        self.origins.insert(id.clone(), self.current_origin.clone().unwrap_or_default());
         if let Some(journal) = self.journal.as_mut() {
             journal.push((t, id, old));
         }
     }
 
+    /// Stores (or removes) a row and keeps the external-id index in step.
+    fn replace(&mut self, t: SObject, id: &str, row: Option<Row>) -> Option<Row> {
+        let key = |r: &Row| {
+            r.deleted_at
+                .is_none()
+                .then(|| r.values.get(EXTERNAL_ID_FIELD).and_then(text_of).map(|v| (t, v.to_lowercase())))
+                .flatten()
+        };
+        let new_key = row.as_ref().and_then(key);
+        let table = self.rows.get_mut(&t).expect("table");
+        let old = match row {
+            Some(r) => table.insert(id.to_string(), r),
+            None => table.remove(id),
+        };
+        if let Some(k) = old.as_ref().and_then(key) {
+            if let Some(ids) = self.external_ids.get_mut(&k) {
+                ids.remove(id);
+                if ids.is_empty() {
+                    self.external_ids.remove(&k);
+                }
+            }
+        }
+        if let Some(k) = new_key {
+            self.external_ids.entry(k).or_default().insert(id.to_string());
+        }
+        old
+    }
+
     fn roll_back(&mut self, journal: Vec<(SObject, String, Option<Row>)>) {
         for (t, id, old) in journal.into_iter().rev() {
-            let table = self.rows.get_mut(&t).expect("table");
-            match old {
-                Some(r) => table.insert(id, r),
-                None => table.remove(&id),
-            };
+            self.replace(t, &id, old);
         }
     }
 
@@ -657,15 +688,7 @@ impl Data {
 
     /// Live records whose external id equals `value` (case-insensitive).
     fn find_external(&self, t: SObject, value: &str) -> Vec<String> {
-        let wanted = value.to_lowercase();
-        self.table(t)
-            .iter()
-            .filter(|(_, r)| r.deleted_at.is_none())
-            .filter(|(_, r)| {
-                r.values.get(EXTERNAL_ID_FIELD).and_then(text_of).is_some_and(|v| v.to_lowercase() == wanted)
-            })
-            .map(|(id, _)| id.clone())
-            .collect()
+        self.external_ids.get(&(t, value.to_lowercase())).map(|ids| ids.iter().cloned().collect()).unwrap_or_default()
     }
 
     fn check_unique(&self, t: SObject, values: &Map<String, Value>, own: Option<&str>) -> Result<(), SfError> {
@@ -912,6 +935,17 @@ impl Call {
         }
     }
 
+    /// changeOrigin as Salesforce would derive it, from `Sforce-Call-Options: client=…`.
+    fn origin(&self) -> String {
+        let options = self.headers.get("sforce-call-options").and_then(|v| v.to_str().ok()).unwrap_or("");
+        let client = options.split(',').find_map(|o| o.trim().strip_prefix("client=")).map(str::trim);
+        let version = self.version.trim_start_matches('v');
+        match client {
+            Some(c) if !c.is_empty() => format!("com/salesforce/api/rest/{version};client={c}"),
+            _ => format!("com/salesforce/api/rest/{version}"),
+        }
+    }
+
     fn flag(&self, name: &str) -> bool {
         self.params.get(name).is_some_and(|v| v.eq_ignore_ascii_case("true"))
     }
@@ -1049,6 +1083,13 @@ impl SalesforceSandbox {
         let mut d = self.lock();
         let user = d.ui_user.clone();
         d.undelete(t, &id, &user);
+    }
+
+    /// The changeOrigin of the record's last write: `com/salesforce/api/rest/66.0;client=<id>`
+    /// for an API write with `Sforce-Call-Options: client=<id>` (Collections included:
+    /// whether Salesforce passes it there is unconfirmed), empty for a UI edit.
+    pub fn change_origin(&self, id: &str) -> Option<String> {
+        self.lock().origins.get(&normalize_id(id)?).cloned()
     }
 
     /// A record with every field, deleted ones included (`IsDeleted`).
@@ -1275,7 +1316,10 @@ async fn api(
             d.api_used += 1;
             d.api_calls += 1;
             let path: Vec<&str> = segments[1..].iter().map(String::as_str).collect();
-            route(&mut d, &path, &call).unwrap_or_else(|e| e.response())
+            d.current_origin = Some(call.origin());
+            let response = route(&mut d, &path, &call).unwrap_or_else(|e| e.response());
+            d.current_origin = None;
+            response
         }
     };
     let mut response = response;
@@ -2222,30 +2266,15 @@ fn order_values(a: &Value, b: &Value, nulls_first: bool) -> Ordering {
     }
 }
 
-fn page(d: &mut Data, rows: Vec<Value>, cursor: Option<String>, offset: usize, batch: usize, version: &str) -> Value {
+/// One page of a query result; `cursor` names the stored result when there is more.
+fn page(rows: &[Value], offset: usize, batch: usize, cursor: Option<&str>, version: &str) -> Value {
     let total = rows.len();
     let end = (offset + batch).min(total);
-    let records: Vec<Value> = rows[offset.min(total)..end].to_vec();
     let mut out = json!({"totalSize": total, "done": end >= total});
-    let cursor = if end < total {
-        Some(match cursor {
-            Some(c) => c,
-            None => {
-                let id = d.next_id("01g");
-                d.cursors.push_back(Cursor { id: id.clone(), rows, batch });
-                while d.cursors.len() > 200 {
-                    d.cursors.pop_front();
-                }
-                id
-            }
-        })
-    } else {
-        None
-    };
-    if let Some(c) = cursor {
+    if let (Some(c), true) = (cursor, end < total) {
         out["nextRecordsUrl"] = json!(format!("/services/data/{version}/query/{c}-{end}"));
     }
-    out["records"] = Value::Array(records);
+    out["records"] = Value::Array(rows[offset.min(total)..end].to_vec());
     out
 }
 
@@ -2278,10 +2307,20 @@ fn query(d: &mut Data, q: &str, all: bool, batch: usize, version: &str) -> Resul
         .take(soql.limit.unwrap_or(usize::MAX))
         .map(|r| d.view(t, r, version, Some(&soql.fields)))
         .collect();
-    Ok(page(d, rows, None, 0, batch, version))
+    if rows.len() <= batch {
+        return Ok(page(&rows, 0, batch, None, version));
+    }
+    // The result is kept for nextRecordsUrl (Salesforce keeps cursors a while, too).
+    let id = d.next_id("01g");
+    let first = page(&rows, 0, batch, Some(&id), version);
+    d.cursors.push_back(Cursor { id, rows, batch });
+    while d.cursors.len() > 50 {
+        d.cursors.pop_front();
+    }
+    Ok(first)
 }
 
-fn query_more(d: &mut Data, locator: &str, version: &str) -> Result<Value, SfError> {
+fn query_more(d: &Data, locator: &str, version: &str) -> Result<Value, SfError> {
     let invalid = || SfError::bad("INVALID_QUERY_LOCATOR", "invalid query locator");
     let (cursor, offset) = locator.rsplit_once('-').ok_or_else(invalid)?;
     let offset: usize = offset.parse().map_err(|_| invalid())?;
@@ -2289,8 +2328,7 @@ fn query_more(d: &mut Data, locator: &str, version: &str) -> Result<Value, SfErr
     if offset > found.rows.len() {
         return Err(invalid());
     }
-    let (rows, batch) = (found.rows.clone(), found.batch);
-    Ok(page(d, rows, Some(cursor.to_string()), offset, batch, version))
+    Ok(page(&found.rows, offset, found.batch, Some(cursor), version))
 }
 
 // ---------------------------------------------------------------------------------------

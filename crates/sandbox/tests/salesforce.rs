@@ -830,3 +830,54 @@ async fn admin_http_api_makes_ui_edits_and_sets_knobs() {
     let r = org.c.post(format!("{base}/_sandbox/knobs")).json(&json!({"no_such_knob": 1})).send().await.unwrap();
     assert_eq!(r.status(), 400);
 }
+
+#[tokio::test]
+async fn a5_writes_record_the_change_origin_from_sforce_call_options() {
+    let org = Org::start(SalesforceOptions::default()).await;
+    let r = org
+        .c
+        .patch(org.url("/sobjects/Contact/Syncflow_Id__c/cus_1"))
+        .bearer_auth(&org.token)
+        .header("Sforce-Call-Options", "client=syncflow-hub")
+        .json(&json!({"LastName": "Origin"}))
+        .send()
+        .await
+        .unwrap();
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    assert_eq!(org.s.change_origin(&id).as_deref(), Some("com/salesforce/api/rest/66.0;client=syncflow-hub"));
+    org.send(Method::PATCH, &format!("/sobjects/Contact/{id}"), Some(json!({"Title": "x"}))).await;
+    assert_eq!(org.s.change_origin(&id).as_deref(), Some("com/salesforce/api/rest/66.0"), "no header, no client");
+    org.s.ui_update("Contact", &id, json!({"Title": "y"}));
+    assert_eq!(org.s.change_origin(&id).as_deref(), Some(""), "UI edits carry no API origin");
+}
+
+/// The acceptance bench's shape: a 20,000-change backlog pushed as upsert Collections of
+/// 200 takes 100 API calls, creates no twins when replayed, and loses nothing.
+#[tokio::test]
+async fn a2_a_backlog_of_20000_upserts_takes_100_collection_calls() {
+    let org = Org::start(SalesforceOptions::default()).await;
+    let started = Instant::now();
+    for round in 0..2 {
+        for chunk in 0..100 {
+            let records: Vec<Value> = (0..200)
+                .map(|i| {
+                    let n = chunk * 200 + i;
+                    json!({"attributes": {"type": "Contact"}, "Syncflow_Id__c": format!("cus_{n}"), "LastName": format!("n{n}"), "Round__c": round})
+                })
+                .collect();
+            let results = collection(
+                &org,
+                Method::PATCH,
+                "/composite/sobjects/Contact/Syncflow_Id__c",
+                Some(json!({"records": records})),
+            )
+            .await;
+            assert!(results.iter().all(|r| r["success"] == true && r["created"] == (round == 0)));
+        }
+    }
+    let stats = org.s.stats();
+    assert_eq!((stats.api_calls, stats.collection_calls, stats.records), (200, 200, 20_000));
+    let (_, first) = org.query("SELECT Id FROM Contact WHERE Round__c = 1").await;
+    assert_eq!(first["totalSize"], 20_000);
+    eprintln!("40,000 upserts in 200 collection calls: {:?}", started.elapsed());
+}
