@@ -3,7 +3,9 @@
 //! exercised over real HTTP.
 
 pub mod receiver;
+pub mod salesforce;
 pub mod stripe;
 
 pub use receiver::{Receiver, Reply};
+pub use salesforce::{SalesforceOptions, SalesforceSandbox, SalesforceStats};
 pub use stripe::{StripeOptions, StripeSandbox};
