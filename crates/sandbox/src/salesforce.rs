@@ -13,7 +13,8 @@
 //! stamped with a distinct "UI user" so clients can tell them from their own writes.
 //!
 //! Admin endpoints (not Salesforce's), for tests and curl: `POST /_sandbox/ui/{sobject}`,
-//! `GET|PATCH|DELETE /_sandbox/ui/{sobject}/{id}`, `GET /_sandbox/ui/{sobject}`,
+//! `GET|PATCH|DELETE /_sandbox/ui/{sobject}/{id}`, `POST /_sandbox/ui/{sobject}/{id}/undelete`,
+//! `GET /_sandbox/ui/{sobject}`,
 //! `POST /_sandbox/knobs` (JSON), `GET /_sandbox/stats`.
 
 use std::cmp::Ordering;
@@ -988,6 +989,7 @@ impl SalesforceSandbox {
             .route("/services/oauth2/token", post(token))
             .route("/_sandbox/ui/{sobject}", post(admin_create).get(admin_list))
             .route("/_sandbox/ui/{sobject}/{id}", get(admin_get).patch(admin_update).delete(admin_delete))
+            .route("/_sandbox/ui/{sobject}/{id}/undelete", post(admin_undelete))
             .route("/_sandbox/knobs", post(admin_knobs))
             .route("/_sandbox/stats", get(admin_stats))
             .fallback(api)
@@ -2359,6 +2361,15 @@ async fn admin_delete(State(s): State<SalesforceSandbox>, Path((sobject, id)): P
         Ok(()) => no_content(),
         Err(e) => e.response(),
     }
+}
+
+async fn admin_undelete(State(s): State<SalesforceSandbox>, Path((sobject, id)): Path<(String, String)>) -> Response {
+    let deleted = s.record(&sobject, &id).is_some_and(|r| r["IsDeleted"] == true);
+    if !deleted {
+        return SfError::not_found().response();
+    }
+    s.ui_undelete(&sobject, &id);
+    no_content()
 }
 
 async fn admin_get(State(s): State<SalesforceSandbox>, Path((sobject, id)): Path<(String, String)>) -> Response {

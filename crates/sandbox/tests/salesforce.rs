@@ -387,6 +387,10 @@ async fn a2_field_errors_use_the_error_array_with_codes_and_fields() {
     let (status, body) =
         org.send(Method::POST, "/sobjects/Contact/", Some(json!({"LastName": "Y", "Syncflow_Id__c": "CUS_1"}))).await;
     assert_eq!((status, body[0]["errorCode"].as_str()), (StatusCode::BAD_REQUEST, Some("DUPLICATE_VALUE")));
+    let (_, describe) = org.get("/sobjects/Contact/describe").await;
+    let ext = describe["fields"].as_array().unwrap().iter().find(|f| f["name"] == "Syncflow_Id__c").unwrap();
+    assert_eq!((ext["externalId"].as_bool(), ext["unique"].as_bool()), (Some(true), Some(true)));
+    assert!(describe["fields"].as_array().unwrap().iter().any(|f| f["name"] == "Tier__c"));
     let (status, body) = org.send(Method::POST, "/sobjects/Contact/", Some(json!(["not", "an", "object"]))).await;
     assert_eq!((status, body[0]["errorCode"].as_str()), (StatusCode::BAD_REQUEST, Some("JSON_PARSER_ERROR")));
 }
@@ -654,6 +658,18 @@ async fn a4_query_excludes_deleted_rows_and_query_all_includes_them() {
     assert_eq!(all["totalSize"], 2);
     assert_eq!(all["records"][1]["Id"], gone.as_str());
     assert_eq!(all["records"][1]["IsDeleted"], true);
+    // A delete moves SystemModstamp, so a queryAll poll on it sees the delete.
+    let (before, after) = (org.s.record("Contact", &live).unwrap(), {
+        org.s.advance_clock(Duration::from_secs(2));
+        org.s.ui_delete("Contact", &live);
+        org.s.record("Contact", &live).unwrap()
+    });
+    assert!(
+        parse_time(after["SystemModstamp"].as_str().unwrap()) > parse_time(before["SystemModstamp"].as_str().unwrap())
+    );
+    let r = org.c.post(format!("{}/_sandbox/ui/Contact/{live}/undelete", org.s.url())).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(org.s.record("Contact", &live).unwrap()["IsDeleted"], false, "restored from the recycle bin");
     let (_, deleted_only) =
         org.get(&format!("/queryAll?q={}", urlencode("SELECT Id FROM Contact WHERE IsDeleted = true"))).await;
     assert_eq!(deleted_only["totalSize"], 1);
