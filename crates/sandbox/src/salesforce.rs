@@ -117,8 +117,8 @@ pub struct SalesforceStats {
     pub lock_row_errors: u64,
 }
 
-/// The external-id field of both types (unique, case-insensitive, as Salesforce's
-/// default for a unique text field).
+/// The external-id field both types start with (unique, case-insensitive, as Salesforce's
+/// default for a unique text field); `add_external_id_field` declares more.
 pub const EXTERNAL_ID_FIELD: &str = "Syncflow_Id__c";
 const MAX_COLLECTION: usize = 200;
 const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -391,7 +391,9 @@ struct Data {
     ui_user: String,
     org_id: String,
     /// Live records by lower-cased external id: upserts stay O(log n) at bench sizes.
-    external_ids: HashMap<(SObject, String), std::collections::BTreeSet<String>>,
+    external_ids: HashMap<(SObject, String, String), std::collections::BTreeSet<String>>,
+    /// External-id fields per type (canonical spelling).
+    external_fields: HashMap<SObject, Vec<String>>,
     /// The changeOrigin of each record's last write (`com/salesforce/api/rest/66.0;client=…`);
     /// empty for UI edits.
     origins: HashMap<String, String>,
@@ -479,6 +481,10 @@ impl Data {
             ui_user: id18("005Hs00000UiUsr"),
             org_id: id18("00DHs00000SyncF"),
             external_ids: HashMap::new(),
+            external_fields: HashMap::from([
+                (SObject::Contact, vec![EXTERNAL_ID_FIELD.to_string()]),
+                (SObject::Account, vec![EXTERNAL_ID_FIELD.to_string()]),
+            ]),
             origins: HashMap::new(),
             current_origin: None,
         };
@@ -513,19 +519,13 @@ impl Data {
 
     /// Stores (or removes) a row and keeps the external-id index in step.
     fn replace(&mut self, t: SObject, id: &str, row: Option<Row>) -> Option<Row> {
-        let key = |r: &Row| {
-            r.deleted_at
-                .is_none()
-                .then(|| r.values.get(EXTERNAL_ID_FIELD).and_then(text_of).map(|v| (t, v.to_lowercase())))
-                .flatten()
-        };
-        let new_key = row.as_ref().and_then(key);
+        let new_keys = row.as_ref().map(|r| self.index_keys(t, r)).unwrap_or_default();
         let table = self.rows.get_mut(&t).expect("table");
         let old = match row {
             Some(r) => table.insert(id.to_string(), r),
             None => table.remove(id),
         };
-        if let Some(k) = old.as_ref().and_then(key) {
+        for k in old.as_ref().map(|r| self.index_keys(t, r)).unwrap_or_default() {
             if let Some(ids) = self.external_ids.get_mut(&k) {
                 ids.remove(id);
                 if ids.is_empty() {
@@ -533,10 +533,26 @@ impl Data {
                 }
             }
         }
-        if let Some(k) = new_key {
+        for k in new_keys {
             self.external_ids.entry(k).or_default().insert(id.to_string());
         }
         old
+    }
+
+    /// A live row's entries in the external-id index.
+    fn index_keys(&self, t: SObject, r: &Row) -> Vec<(SObject, String, String)> {
+        if r.deleted_at.is_some() {
+            return Vec::new();
+        }
+        self.external_fields[&t]
+            .iter()
+            .filter_map(|f| r.values.get(f).and_then(text_of).map(|v| (t, f.clone(), v.to_lowercase())))
+            .collect()
+    }
+
+    /// The canonical name of an external-id field of `t`.
+    fn external_field(&self, t: SObject, name: &str) -> Option<String> {
+        self.external_fields[&t].iter().find(|f| f.eq_ignore_ascii_case(name)).cloned()
     }
 
     fn roll_back(&mut self, journal: Vec<(SObject, String, Option<Row>)>) {
@@ -688,23 +704,26 @@ impl Data {
     }
 
     /// Live records whose external id equals `value` (case-insensitive).
-    fn find_external(&self, t: SObject, value: &str) -> Vec<String> {
-        self.external_ids.get(&(t, value.to_lowercase())).map(|ids| ids.iter().cloned().collect()).unwrap_or_default()
+    fn find_external(&self, t: SObject, field: &str, value: &str) -> Vec<String> {
+        let key = (t, field.to_string(), value.to_lowercase());
+        self.external_ids.get(&key).map(|ids| ids.iter().cloned().collect()).unwrap_or_default()
     }
 
     fn check_unique(&self, t: SObject, values: &Map<String, Value>, own: Option<&str>) -> Result<(), SfError> {
         if !self.knobs.unique_external_id {
             return Ok(());
         }
-        let Some(value) = values.get(EXTERNAL_ID_FIELD).and_then(text_of) else {
-            return Ok(());
-        };
-        if let Some(other) = self.find_external(t, &value).into_iter().find(|id| Some(id.as_str()) != own) {
-            return Err(SfError::bad(
-                "DUPLICATE_VALUE",
-                format!("duplicate value found: {EXTERNAL_ID_FIELD} duplicates value on record with id: {other}"),
-            )
-            .fields(&[EXTERNAL_ID_FIELD]));
+        for field in &self.external_fields[&t] {
+            let Some(value) = values.get(field).and_then(text_of) else {
+                continue;
+            };
+            if let Some(other) = self.find_external(t, field, &value).into_iter().find(|id| Some(id.as_str()) != own) {
+                return Err(SfError::bad(
+                    "DUPLICATE_VALUE",
+                    format!("duplicate value found: {field} duplicates value on record with id: {other}"),
+                )
+                .fields(&[field]));
+            }
         }
         Ok(())
     }
@@ -787,18 +806,19 @@ impl Data {
     fn upsert(
         &mut self,
         t: SObject,
+        field: &str,
         value: &str,
         body: &Map<String, Value>,
         user: &str,
         update_only: bool,
         version: &str,
     ) -> Result<(String, bool), SfError> {
-        let matches = self.find_external(t, value);
+        let matches = self.find_external(t, field, value);
         match matches.as_slice() {
             [] if update_only => Err(SfError::not_found()),
             [] => {
                 let mut body = body.clone();
-                body.insert(EXTERNAL_ID_FIELD.to_string(), json!(value));
+                body.insert(field.to_string(), json!(value));
                 self.create(t, &body, user).map(|id| (id, true))
             }
             [id] => {
@@ -809,7 +829,7 @@ impl Data {
                 let mut e = SfError::new(
                     300,
                     "DUPLICATE_EXTERNAL_ID",
-                    format!("{EXTERNAL_ID_FIELD}: more than one record found for external id field: {many:?}"),
+                    format!("{field}: more than one record found for external id field: {many:?}"),
                 );
                 e.fields =
                     many.iter().map(|id| format!("/services/data/{version}/sobjects/{}/{id}", t.name())).collect();
@@ -1145,6 +1165,25 @@ impl SalesforceSandbox {
         self.lock().knobs.unique_external_id = unique;
     }
 
+    /// Declares another custom field of `sobject` an external id (unique unless
+    /// `set_unique_external_id(false)`), usable in upsert paths. Panics on a field name
+    /// that is not custom (`…__c`).
+    pub fn add_external_id_field(&self, sobject: &str, field: &str) {
+        let t = SObject::parse(sobject).unwrap_or_else(|| panic!("add_external_id_field: no sObject {sobject}"));
+        let mut d = self.lock();
+        let Some(FieldRef::Custom(name)) = d.resolve(t, field) else {
+            panic!("add_external_id_field: {field} is not a custom field");
+        };
+        d.register_custom(t, &name);
+        if d.external_field(t, &name).is_none() {
+            d.external_fields.get_mut(&t).expect("type").push(name);
+            let rows: Vec<(String, Row)> = d.table(t).iter().map(|(id, r)| (id.clone(), r.clone())).collect();
+            for (id, row) in rows {
+                d.replace(t, &id, Some(row));
+            }
+        }
+    }
+
     /// Empties the recycle bin and the delete log: `/deleted/` then reports
     /// `earliestDateAvailable` = now, as after Salesforce's periodic purge.
     pub fn purge_deleted(&self) {
@@ -1456,7 +1495,7 @@ fn describe(d: &Data, t: SObject) -> Value {
                 FieldRef::Standard(_, max) => ("string", *max, true),
                 FieldRef::Custom(_) => ("string", 255, true),
             };
-            let external = f == EXTERNAL_ID_FIELD;
+            let external = d.external_fields[&t].contains(f);
             json!({
                 "name": f, "type": kind, "length": length, "custom": matches!(field, FieldRef::Custom(_)),
                 "externalId": external, "unique": external && d.knobs.unique_external_id, "caseSensitive": false,
@@ -1518,9 +1557,11 @@ fn single(d: &mut Data, t: SObject, raw: &str, c: &Call) -> Result<Response, SfE
 fn by_external_id(d: &mut Data, t: SObject, field: &str, value: &str, c: &Call) -> Result<Response, SfError> {
     let missing_field = || SfError::new(404, "NOT_FOUND", "The requested resource does not exist");
     let by_id = field.eq_ignore_ascii_case("Id");
-    if !by_id && !field.eq_ignore_ascii_case(EXTERNAL_ID_FIELD) {
-        return Err(missing_field());
-    }
+    let field = match d.external_field(t, field) {
+        Some(f) => f,
+        None if by_id => "Id".to_string(),
+        None => return Err(missing_field()),
+    };
     let user = d.integration_user.clone();
     if c.method == Method::PATCH {
         let body = c.json_object()?;
@@ -1531,12 +1572,12 @@ fn by_external_id(d: &mut Data, t: SObject, field: &str, value: &str, c: &Call) 
             )
             .fields(&["Id"]));
         }
-        if body.keys().any(|k| k.eq_ignore_ascii_case(EXTERNAL_ID_FIELD)) {
+        if body.keys().any(|k| k.eq_ignore_ascii_case(&field)) {
             return Err(SfError::bad(
                 "INVALID_FIELD",
-                format!("{EXTERNAL_ID_FIELD} isn't allowed in the body of an upsert by {EXTERNAL_ID_FIELD}: the value is in the URL"),
+                format!("{field} isn't allowed in the body of an upsert by {field}: the value is in the URL"),
             )
-            .fields(&[EXTERNAL_ID_FIELD]));
+            .fields(&[&field]));
         }
         if d.lock_row() {
             return Err(Data::lock_row_error(""));
@@ -1546,7 +1587,7 @@ fn by_external_id(d: &mut Data, t: SObject, field: &str, value: &str, c: &Call) 
             d.update(t, &id, &body, &user)?;
             (id, false)
         } else {
-            d.upsert(t, value, &body, &user, c.flag("updateOnly"), &c.version)?
+            d.upsert(t, &field, value, &body, &user, c.flag("updateOnly"), &c.version)?
         };
         return Ok(match (created, c.version_number >= 46.0) {
             (true, _) => reply(201, json!({"id": id, "success": true, "errors": [], "created": true})),
@@ -1558,7 +1599,7 @@ fn by_external_id(d: &mut Data, t: SObject, field: &str, value: &str, c: &Call) 
     let id = if by_id {
         d.lookup(t, value).map_err(|m| m.single(value))?.0
     } else {
-        match d.find_external(t, value).as_slice() {
+        match d.find_external(t, &field, value).as_slice() {
             [] => return Err(SfError::not_found()),
             [id] => id.clone(),
             many => {
@@ -1643,17 +1684,16 @@ fn collections(d: &mut Data, upsert: Option<(SObject, &str)>, c: &Call) -> Resul
         }
     }
     let upsert_field = match upsert {
-        Some((_, f)) if f.eq_ignore_ascii_case(EXTERNAL_ID_FIELD) => Some(EXTERNAL_ID_FIELD),
-        Some(_) => return Err(SfError::not_found()),
+        Some((t, f)) => Some(d.external_field(t, f).ok_or_else(SfError::not_found)?),
         None => None,
     };
+    let upsert_field = upsert_field.as_deref();
     // An external id twice in one upsert request fails both items, as Salesforce does.
     let mut seen: HashMap<String, usize> = HashMap::new();
     if upsert_field.is_some() {
         for (_, _, body) in &items {
-            if let Some(v) =
-                body.iter().find(|(k, _)| k.eq_ignore_ascii_case(EXTERNAL_ID_FIELD)).and_then(|(_, v)| text_of(v))
-            {
+            let field = upsert_field.unwrap_or_default();
+            if let Some(v) = body.iter().find(|(k, _)| k.eq_ignore_ascii_case(field)).and_then(|(_, v)| text_of(v)) {
                 *seen.entry(v.to_lowercase()).or_default() += 1;
             }
         }
@@ -1714,13 +1754,14 @@ fn collections(d: &mut Data, upsert: Option<(SObject, &str)>, c: &Call) -> Resul
                     }
                     let mut rest = body.clone();
                     rest.retain(|k, _| !k.eq_ignore_ascii_case(field));
-                    let (new, created) = d.upsert(t, &value, &rest, &user, false, &c.version).map_err(|mut e| {
-                        e.status = 400;
-                        if e.code == "DUPLICATE_EXTERNAL_ID" {
-                            e.fields = vec![EXTERNAL_ID_FIELD.to_string()];
-                        }
-                        (None, e)
-                    })?;
+                    let (new, created) =
+                        d.upsert(t, field, &value, &rest, &user, false, &c.version).map_err(|mut e| {
+                            e.status = 400;
+                            if e.code == "DUPLICATE_EXTERNAL_ID" {
+                                e.fields = vec![field.to_string()];
+                            }
+                            (None, e)
+                        })?;
                     Ok(json!({"id": new, "success": true, "errors": [], "created": created}))
                 }
                 (&Method::DELETE, _) => {
@@ -2171,9 +2212,13 @@ fn parse_soql(d: &Data, q: &str) -> Result<Soql, SfError> {
 }
 
 /// Compares a stored value with a literal; `None` when they can't be compared.
-fn compare(v: &Value, lit: &Lit) -> Option<Ordering> {
+/// Id fields compare exactly (ids are case-sensitive); other text ignores case.
+const ID_FIELDS: &[&str] = &["Id", "AccountId", "CreatedById", "LastModifiedById"];
+
+fn compare(v: &Value, lit: &Lit, exact: bool) -> Option<Ordering> {
     match lit {
         Lit::Time(t) => v.as_str().and_then(parse_time).map(|x| x.cmp(t)),
+        Lit::Str(s) if exact => text_of(v).map(|x| x.as_str().cmp(s.as_str())),
         Lit::Str(s) => text_of(v).map(|x| x.to_lowercase().cmp(&s.to_lowercase())),
         Lit::Num(n) => match v {
             Value::Number(x) => x.as_f64(),
@@ -2208,17 +2253,19 @@ fn eval(d: &Data, t: SObject, row: &Row, e: &Expr) -> bool {
         Expr::Not(a) => !eval(d, t, row, a),
         Expr::In(f, negated, list) => {
             let v = d.value(t, row, f);
-            let hit = list.iter().any(|l| matches_eq(&v, l));
+            let exact = ID_FIELDS.contains(&f.as_str());
+            let hit = list.iter().any(|l| matches_eq(&v, l, exact));
             hit != *negated
         }
         Expr::Cmp(f, op, lit) => {
             let v = d.value(t, row, f);
+            let exact = ID_FIELDS.contains(&f.as_str());
             match (*op, lit) {
-                ("=", _) => matches_eq(&v, lit),
-                ("!=", _) => !matches_eq(&v, lit),
+                ("=", _) => matches_eq(&v, lit, exact),
+                ("!=", _) => !matches_eq(&v, lit, exact),
                 ("LIKE", Lit::Str(p)) => text_of(&v).is_some_and(|s| like(&s, p)),
                 (_, Lit::Null) => false,
-                _ => match compare(&v, lit) {
+                _ => match compare(&v, lit, exact) {
                     Some(o) => match *op {
                         "<" => o == Ordering::Less,
                         "<=" => o != Ordering::Greater,
@@ -2233,14 +2280,14 @@ fn eval(d: &Data, t: SObject, row: &Row, e: &Expr) -> bool {
     }
 }
 
-fn matches_eq(v: &Value, lit: &Lit) -> bool {
+fn matches_eq(v: &Value, lit: &Lit, exact: bool) -> bool {
     match lit {
         Lit::Null => v.is_null(),
-        _ => compare(v, lit) == Some(Ordering::Equal),
+        _ => compare(v, lit, exact) == Some(Ordering::Equal),
     }
 }
 
-fn order_values(a: &Value, b: &Value, nulls_first: bool) -> Ordering {
+fn order_values(a: &Value, b: &Value, nulls_first: bool, exact: bool) -> Ordering {
     match (a.is_null(), b.is_null()) {
         (true, true) => Ordering::Equal,
         (true, false) => {
@@ -2262,7 +2309,11 @@ fn order_values(a: &Value, b: &Value, nulls_first: bool) -> Ordering {
             (Value::Bool(x), Value::Bool(y)) => x.cmp(y),
             _ => {
                 let (x, y) = (text_of(a).unwrap_or_default(), text_of(b).unwrap_or_default());
-                x.to_lowercase().cmp(&y.to_lowercase()).then(x.cmp(&y))
+                if exact {
+                    x.cmp(&y)
+                } else {
+                    x.to_lowercase().cmp(&y.to_lowercase()).then(x.cmp(&y))
+                }
             }
         },
     }
@@ -2293,7 +2344,8 @@ fn query(d: &mut Data, q: &str, all: bool, batch: usize, version: &str) -> Resul
         soql.order
             .iter()
             .map(|(f, desc, nulls_first)| {
-                let o = order_values(&d.value(t, a, f), &d.value(t, b, f), *nulls_first != *desc);
+                let exact = ID_FIELDS.contains(&f.as_str());
+                let o = order_values(&d.value(t, a, f), &d.value(t, b, f), *nulls_first != *desc, exact);
                 if *desc {
                     o.reverse()
                 } else {

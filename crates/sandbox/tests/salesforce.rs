@@ -897,3 +897,50 @@ async fn a2_a_backlog_of_20000_upserts_takes_100_collection_calls() {
     assert_eq!(first["totalSize"], 20_000);
     eprintln!("40,000 upserts in 200 collection calls: {:?}", started.elapsed());
 }
+
+#[tokio::test]
+async fn a2_another_external_id_field_can_be_declared_for_upserts() {
+    let org = Org::start(SalesforceOptions::default()).await;
+    let before = org.s.ui_create("Account", json!({"Name": "Old", "Hub_Key__c": "k1"}));
+    org.s.add_external_id_field("Account", "hub_key__c");
+    let (status, body) = org.send(Method::PATCH, "/sobjects/Account/Hub_Key__c/K1", Some(json!({"Phone": "1"}))).await;
+    assert_eq!(status, 200, "an existing record is found by the new external id (case-insensitive)");
+    assert_eq!(body["id"], before.as_str());
+    let results = collection(
+        &org,
+        Method::PATCH,
+        "/composite/sobjects/Account/Hub_Key__c",
+        Some(json!({"records": [{"attributes": {"type": "Account"}, "Hub_Key__c": "k2", "Name": "New"}]})),
+    )
+    .await;
+    assert_eq!(results[0]["created"], true);
+    let (status, body) =
+        org.send(Method::POST, "/sobjects/Account/", Some(json!({"Name": "Twin", "Hub_Key__c": "k2"}))).await;
+    assert_eq!((status, body[0]["errorCode"].as_str()), (StatusCode::BAD_REQUEST, Some("DUPLICATE_VALUE")));
+    let (status, _) = org.send(Method::PATCH, "/sobjects/Contact/Hub_Key__c/k1", Some(json!({"LastName": "X"}))).await;
+    assert_eq!(status, 404, "declared for Account only");
+}
+
+#[tokio::test]
+async fn a4_paging_by_id_visits_every_record_once() {
+    // Ids compare case-sensitively, so `WHERE Id > last ORDER BY Id LIMIT n` walks all rows.
+    let org = Org::start(SalesforceOptions::default()).await;
+    let mut created: Vec<String> =
+        (0..130).map(|i| org.s.ui_create("Contact", json!({"LastName": format!("n{i}")}))).collect();
+    created.sort();
+    let mut seen = Vec::new();
+    let mut last: Option<String> = None;
+    loop {
+        let filter = last.as_ref().map(|id| format!(" WHERE Id > '{id}'")).unwrap_or_default();
+        let (status, page) = org.query(&format!("SELECT Id FROM Contact{filter} ORDER BY Id LIMIT 25")).await;
+        assert_eq!(status, 200);
+        let ids: Vec<String> =
+            page["records"].as_array().unwrap().iter().map(|r| r["Id"].as_str().unwrap().to_string()).collect();
+        if ids.is_empty() {
+            break;
+        }
+        last = ids.last().cloned();
+        seen.extend(ids);
+    }
+    assert_eq!(seen, created);
+}
