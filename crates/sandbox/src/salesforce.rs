@@ -811,7 +811,6 @@ impl Data {
         body: &Map<String, Value>,
         user: &str,
         update_only: bool,
-        version: &str,
     ) -> Result<(String, bool), SfError> {
         let matches = self.find_external(t, field, value);
         match matches.as_slice() {
@@ -831,8 +830,8 @@ impl Data {
                     "DUPLICATE_EXTERNAL_ID",
                     format!("{field}: more than one record found for external id field: {many:?}"),
                 );
-                e.fields =
-                    many.iter().map(|id| format!("/services/data/{version}/sobjects/{}/{id}", t.name())).collect();
+                // The ids; the caller turns them into urls for the 300.
+                e.fields = many.to_vec();
                 Err(e)
             }
         }
@@ -1587,7 +1586,12 @@ fn by_external_id(d: &mut Data, t: SObject, field: &str, value: &str, c: &Call) 
             d.update(t, &id, &body, &user)?;
             (id, false)
         } else {
-            d.upsert(t, &field, value, &body, &user, c.flag("updateOnly"), &c.version)?
+            d.upsert(t, &field, value, &body, &user, c.flag("updateOnly")).map_err(|mut e| {
+                if e.status == 300 {
+                    e.fields = e.fields.iter().map(|id| c.url(t, id)).collect();
+                }
+                e
+            })?
         };
         return Ok(match (created, c.version_number >= 46.0) {
             (true, _) => reply(201, json!({"id": id, "success": true, "errors": [], "created": true})),
@@ -1754,14 +1758,13 @@ fn collections(d: &mut Data, upsert: Option<(SObject, &str)>, c: &Call) -> Resul
                     }
                     let mut rest = body.clone();
                     rest.retain(|k, _| !k.eq_ignore_ascii_case(field));
-                    let (new, created) =
-                        d.upsert(t, field, &value, &rest, &user, false, &c.version).map_err(|mut e| {
-                            e.status = 400;
-                            if e.code == "DUPLICATE_EXTERNAL_ID" {
-                                e.fields = vec![field.to_string()];
-                            }
-                            (None, e)
-                        })?;
+                    let (new, created) = d.upsert(t, field, &value, &rest, &user, false).map_err(|mut e| {
+                        e.status = 400;
+                        if e.code == "DUPLICATE_EXTERNAL_ID" {
+                            e.fields = vec![field.to_string()];
+                        }
+                        (None, e)
+                    })?;
                     Ok(json!({"id": new, "success": true, "errors": [], "created": created}))
                 }
                 (&Method::DELETE, _) => {
