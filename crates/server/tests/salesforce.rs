@@ -176,10 +176,22 @@ async fn a_change_anywhere_reaches_everywhere_else_and_never_comes_back(t: TestS
     // 3. Different fields edited at once in Stripe and Salesforce: both survive everywhere.
     w.stripe_post(&format!("/v1/customers/{cus_id}"), &[("email", "nia@wolfe.io")]).await;
     w.sf.ui_update("Contact", &sf_id, json!({"Tier__c": "gold"}));
-    eventually!("both edits in the hub", {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
         let r = w.hub(&hub_id).await;
-        (r.fields["email"] == "nia@wolfe.io" && r.fields["metadata"]["tier"] == "gold").then_some(())
-    });
+        if r.fields["email"] == "nia@wolfe.io" && r.fields["metadata"]["tier"] == "gold" {
+            break;
+        }
+        if Instant::now() > deadline {
+            for sys in ["stripe", "salesforce"] {
+                for e in w.store.inbox(sys, 0, 100).await.unwrap() {
+                    eprintln!("{sys} {} {:?} {:?} {:?}", e.event_type, e.outcome, e.remarks, e.payload);
+                }
+            }
+            panic!("both edits in the hub: {:?} / {:?}", r.fields, w.sf.record("Contact", &sf_id));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     eventually!("both edits in Stripe", {
         let c = w.stripe_get(&format!("/v1/customers/{cus_id}")).await;
         (c["email"] == "nia@wolfe.io" && c["metadata"]["tier"] == "gold").then_some(())

@@ -2,11 +2,11 @@
 //! polling: `queryAll` (deleted rows too, `IsDeleted`) on `SystemModstamp` from the
 //! cursor minus an overlap window — SOQL ignores milliseconds and records commit late —
 //! paging through `nextRecordsUrl`; the inbox drops what the overlap reads twice
-//! (an event is a record at one `SystemModstamp`). The engine decides the rest.
+//! (an event is a record in one state at one `SystemModstamp`). The engine decides the rest.
 
 use reqwest::Method;
 use serde_json::{Map, Value};
-use syncflow_core::sync::Fields;
+use syncflow_core::sync::{fingerprint, Fields};
 use syncflow_core::{Entity, CUSTOMER};
 
 use super::SalesforceConnector;
@@ -35,8 +35,11 @@ impl SalesforceConnector {
         let stamp = rec["SystemModstamp"].as_str().ok_or("record has no SystemModstamp")?;
         let at = parse_time(stamp).ok_or_else(|| format!("SystemModstamp `{stamp}` is not a time"))?;
         let deleted = rec["IsDeleted"] == true;
+        // A record at one second is one event only if its state is the same: two
+        // edits within a second share a SystemModstamp, so the state is in the id.
+        let state = if deleted { "deleted".to_string() } else { fingerprint(&self.mapping.to_hub(rec)) };
         Ok(InwardEvent {
-            event_id: format!("{id}@{at}"),
+            event_id: format!("{id}@{at}:{}", &state[..state.len().min(12)]),
             event_type: format!("{}.{}", self.mapping.sobject, if deleted { "deleted" } else { "changed" }),
             entity: Some(&CUSTOMER),
             external_id: Some(id.to_string()),
