@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use syncflow_sandbox::salesforce::{SalesforceOptions, SalesforceSandbox};
 use syncflow_sandbox::{Receiver, StripeOptions, StripeSandbox};
 
 #[derive(clap::Subcommand)]
@@ -17,6 +18,19 @@ pub enum Sandbox {
         /// Requests per second before 429s.
         #[arg(long)]
         rate_limit: Option<f64>,
+    },
+    /// A Salesforce stand-in: OAuth (client credentials), sObjects, upsert by external
+    /// id, Collections, query/queryAll, limits; `/_sandbox/ui/…` edits as another user.
+    Salesforce {
+        #[arg(long, default_value = "127.0.0.1:12113")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "syncflow-sandbox")]
+        client_id: String,
+        #[arg(long, default_value = "sandbox-secret")]
+        client_secret: String,
+        /// The org's daily API allowance.
+        #[arg(long, default_value_t = 100_000)]
+        daily_limit: u64,
     },
     /// A JSON receiver for `kind = "http"` systems (verifies `Syncflow-Signature` with --secret).
     Receiver {
@@ -35,6 +49,15 @@ pub async fn run(which: Sandbox) -> Result<()> {
             println!("{}", s.url());
             eprintln!(
                 "Stripe sandbox: any sk_test_… key works; POST /_config/webhooks/<id> (url, secret) adds a webhook"
+            );
+        }
+        Sandbox::Salesforce { listen, client_id, client_secret, daily_limit } => {
+            let options = SalesforceOptions { client_id, client_secret, daily_limit, ..SalesforceOptions::default() };
+            let s =
+                SalesforceSandbox::start(listen, options).await.with_context(|| format!("listening on {listen}"))?;
+            println!("{}", s.url());
+            eprintln!(
+                "Salesforce sandbox: login_url and instance_url are the address above; POST /services/oauth2/token"
             );
         }
         Sandbox::Receiver { listen, secret } => {

@@ -25,7 +25,7 @@ fn sandbox(args: &[&str]) -> (std::process::Child, String) {
 }
 
 #[tokio::test]
-async fn the_stripe_and_receiver_sandboxes_run_as_processes() {
+async fn the_sandboxes_run_as_processes() {
     let http = reqwest::Client::new();
     let (mut stripe, url) = sandbox(&["stripe"]);
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
@@ -42,6 +42,20 @@ async fn the_stripe_and_receiver_sandboxes_run_as_processes() {
     assert!(cus["id"].as_str().unwrap().starts_with("cus_"), "{cus}");
     stripe.kill().unwrap();
     stripe.wait().unwrap();
+
+    let (mut sf, url) = sandbox(&["salesforce", "--client-id", "cli", "--client-secret", "cli-secret"]);
+    let token: serde_json::Value = http
+        .post(format!("{url}/services/oauth2/token"))
+        .form(&[("grant_type", "client_credentials"), ("client_id", "cli"), ("client_secret", "cli-secret")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(token["instance_url"], url.as_str(), "{token}");
+    sf.kill().unwrap();
+    sf.wait().unwrap();
 
     let (mut receiver, url) = sandbox(&["receiver"]);
     let status = http.post(format!("{url}/hook")).json(&serde_json::json!({"x": 1})).send().await.unwrap().status();
