@@ -60,6 +60,7 @@ impl World {
              webhook_secret = \"{WHSEC}\"\napi_rate_limit = 1000\n\
              [[systems]]\nname = \"salesforce\"\nkind = \"salesforce\"\nlogin_url = \"{}\"\nclient_id = \"nway-client\"\n\
              client_secret = \"nway-secret\"\npoll_interval = \"200ms\"\npoll_overlap = \"1s\"\n\
+             daily_budget_share = 0.5\n\
              [systems.fields]\ntier = \"Tier__c\"\n\
              [[systems]]\nname = \"warehouse\"\nkind = \"http\"\nurl = \"{}\"\n",
             stripe.url(),
@@ -140,7 +141,12 @@ impl World {
     }
 }
 
-backend_tests!(a_change_anywhere_reaches_everywhere_else_and_never_comes_back);
+backend_tests!(
+    a_change_anywhere_reaches_everywhere_else_and_never_comes_back,
+    a_contact_created_in_salesforce_is_imported_and_gets_the_hub_id,
+    expired_sessions_renew_and_locked_rows_are_retried,
+    the_budget_share_holds_deliveries_without_spending_attempts,
+);
 
 async fn a_change_anywhere_reaches_everywhere_else_and_never_comes_back(t: TestStore) {
     let w = World::start(&t.store).await;
@@ -237,5 +243,88 @@ async fn a_change_anywhere_reaches_everywhere_else_and_never_comes_back(t: TestS
     assert_eq!(systems.into_iter().collect::<Vec<_>>(), vec!["salesforce", "stripe", "warehouse"], "{api}");
     let from = |o: &str| origins.values().filter(|v| *v == o).count();
     assert!(from("stripe") >= 2 && from("salesforce") >= 3, "changes came from both systems: {origins:?}");
+    w.stop().await;
+}
+
+/// A Contact created by a user in Salesforce: created in the hub (and fanned out),
+/// and the hub id written back to its external-id field — its echo changes nothing.
+async fn a_contact_created_in_salesforce_is_imported_and_gets_the_hub_id(t: TestStore) {
+    let w = World::start(&t.store).await;
+    let sf_id =
+        w.sf.ui_create("Contact", json!({"FirstName": "Omar", "LastName": "Khayyam", "Email": "omar@example.com"}));
+    let link =
+        eventually!("the hub customer", w.store.link_by_external_id("salesforce", "customer", &sf_id).await.unwrap());
+    let hub = w.hub(&link.record_id).await;
+    assert_eq!(
+        (hub.fields["name"].as_str(), hub.fields["email"].as_str()),
+        (Some("Omar Khayyam"), Some("omar@example.com"))
+    );
+    eventually!("the hub id in Salesforce", {
+        (w.sf.record("Contact", &sf_id).unwrap()["Syncflow_Id__c"] == link.record_id.as_str()).then_some(())
+    });
+    eventually!("the customer in Stripe", w.store.link(CUSTOMER.name, &link.record_id, "stripe").await.unwrap());
+    w.quiet().await;
+    assert_eq!(
+        w.store.changes_of_record("customer", &link.record_id).await.unwrap().len(),
+        1,
+        "the write-back's echo changed nothing"
+    );
+    assert_eq!(w.sf.records("Contact").len(), 1, "no twin");
+    w.stop().await;
+}
+
+/// A session that expired is renewed once (`401 INVALID_SESSION_ID`); a row locked
+/// in Salesforce (`UNABLE_TO_LOCK_ROW`) is retried until it goes through.
+async fn expired_sessions_renew_and_locked_rows_are_retried(t: TestStore) {
+    let w = World::start(&t.store).await;
+    let a = w.store.create(&CUSTOMER, json!({"name": "Ann Lock"}).as_object().unwrap(), "api").await.unwrap();
+    eventually!("the first contact", w.contact(&a.id));
+    let tokens = w.sf.stats().tokens_issued;
+    w.sf.expire_tokens();
+    w.sf.set_lock_row_rate(1.0);
+    let b = w.store.create(&CUSTOMER, json!({"name": "Ben Lock"}).as_object().unwrap(), "api").await.unwrap();
+    let retrying = eventually!("a retry after UNABLE_TO_LOCK_ROW", {
+        let f = DeliveryFilter {
+            system: Some("salesforce".into()),
+            record_id: Some(b.id.clone()),
+            limit: 10,
+            ..Default::default()
+        };
+        w.store.deliveries(&f).await.unwrap().into_iter().find(|d| d.attempts >= 1 && !d.status.is_final())
+    });
+    assert!(retrying.remarks.as_deref().unwrap_or("").contains("UNABLE_TO_LOCK_ROW"), "{retrying:?}");
+    assert!(w.sf.stats().tokens_issued > tokens, "a new token after the session expired");
+    w.sf.set_lock_row_rate(0.0);
+    eventually!("the second contact", w.contact(&b.id));
+    w.stop().await;
+}
+
+/// Once this system's share of the org's daily allowance is used, deliveries wait at
+/// the head of the queue without spending attempts, and `/v1/systems` shows usage.
+async fn the_budget_share_holds_deliveries_without_spending_attempts(t: TestStore) {
+    let w = World::start(&t.store).await;
+    w.sf.set_api_used(60_000); // past this system's share (0.5) of 100,000
+    let first = w.store.create(&CUSTOMER, json!({"name": "Bud Get"}).as_object().unwrap(), "api").await.unwrap();
+    eventually!("the first contact", w.contact(&first.id));
+    let calls = w.sf.stats().api_calls;
+    let held = w.store.create(&CUSTOMER, json!({"name": "Held Back"}).as_object().unwrap(), "api").await.unwrap();
+    let systems: Value = w.http.get(format!("{}/v1/systems", w.url)).send().await.unwrap().json().await.unwrap();
+    let sf = systems["data"].as_array().unwrap().iter().find(|s| s["name"] == "salesforce").unwrap().clone();
+    assert!(sf["api_usage"]["used"].as_u64().unwrap() >= 60_000, "{sf}");
+    assert_eq!((sf["api_usage"]["max"].as_u64(), sf["api_usage"]["budget"].as_u64()), (Some(100_000), Some(50_000)));
+    // The engine claims nothing while the connector holds: the delivery stays
+    // pending with no attempt, and Salesforce gets no call.
+    for _ in 0..20 {
+        let f = DeliveryFilter {
+            system: Some("salesforce".into()),
+            record_id: Some(held.id.clone()),
+            limit: 10,
+            ..Default::default()
+        };
+        let d = w.store.deliveries(&f).await.unwrap();
+        assert!(d.iter().all(|d| d.attempts == 0), "{d:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(w.sf.stats().api_calls <= calls + 1, "no calls while held (polling is held too)");
     w.stop().await;
 }
