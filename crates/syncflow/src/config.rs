@@ -263,6 +263,20 @@ log_format = "text"
 # Link what both sides already hold, once: syncflow --config syncflow.toml backfill --system stripe
 # (see docs/stripe.md)
 #
+# [[systems]]
+# name = "salesforce"
+# kind = "salesforce"             # two-way: customers ↔ Contacts (polled; no webhooks)
+# entities = ["customer"]
+# login_url = "https://acme.my.salesforce.com"  # your My Domain
+# client_id = "${SF_CLIENT_ID}"
+# client_secret = "${SF_CLIENT_SECRET}"         # or jwt_username + jwt_key_file (RS256)
+# sobject = "Contact"             # or "Account"
+# daily_budget_share = 0.5        # at most half the org's daily API allowance
+# poll_interval = "5s"
+# conflict_policy = "external_wins"  # or hub_wins, newest_wins, manual
+# Link what both sides already hold, once: syncflow --config syncflow.toml backfill --system salesforce
+# (see docs/salesforce.md; metadata keys map to custom fields under [systems.fields])
+#
 # Sync clients (POST /v1/sync, GET /v1/stream): one block per app or device, each
 # with its own token; the client id comes from the token. `entities` limits what
 # it may sync and stream (all when absent); `conflict_policy` is the default for
