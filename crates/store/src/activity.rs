@@ -10,8 +10,9 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use sqlx::Row;
 
+use crate::deliveries::{decode_delivery, DELIVERY_COLUMNS};
 use crate::inbox::{decode as decode_inbox, INBOX_COLUMNS};
-use crate::{on_read, InboxEvent, Result, Store};
+use crate::{on_read, Delivery, DeliveryStatus, InboxEvent, Result, Store};
 
 /// Most attempt rows the activity query reads (the newest ones).
 pub const ACTIVITY_SCAN: i64 = 200_000;
@@ -27,7 +28,39 @@ pub struct MinuteActivity {
     pub throttled: i64,
 }
 
+/// Which deliveries `Store::recent_deliveries` lists (all filters optional).
+#[derive(Debug, Clone, Default)]
+pub struct RecentDeliveries {
+    pub system: Option<String>,
+    pub status: Option<DeliveryStatus>,
+    pub record_id: Option<String>,
+    /// Only deliveries updated at or after this time (ms).
+    pub since_ms: Option<i64>,
+    /// Only deliveries with a smaller id (paging backwards).
+    pub before_id: Option<i64>,
+    pub limit: usize,
+}
+
 impl Store {
+    /// Deliveries newest first (by id), filtered.
+    pub async fn recent_deliveries(&self, f: &RecentDeliveries) -> Result<Vec<Delivery>> {
+        on_read!(self, |pool, _d| {
+            let rows = sqlx::query(&format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE ($1 = '' OR system = $1) AND ($2 = '' OR status = $2) \
+                 AND ($3 = '' OR record_id = $3) AND updated_at >= $4 AND id < $5 ORDER BY id DESC LIMIT {}",
+                f.limit.clamp(1, 1000)
+            ))
+            .bind(f.system.clone().unwrap_or_default())
+            .bind(f.status.map(|s| s.as_str().to_string()).unwrap_or_default())
+            .bind(f.record_id.clone().unwrap_or_default())
+            .bind(f.since_ms.unwrap_or(0))
+            .bind(f.before_id.unwrap_or(i64::MAX))
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(decode_delivery).collect()
+        })
+    }
+
     /// Attempts per system in each of the `minutes` whole minutes ending at `now_ms`,
     /// oldest first.
     pub async fn delivery_activity(

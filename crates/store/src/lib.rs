@@ -32,7 +32,7 @@ use syncflow_core::metrics::Registry;
 use syncflow_core::FieldError;
 use tokio::sync::watch;
 
-pub use activity::MinuteActivity;
+pub use activity::{MinuteActivity, RecentDeliveries};
 pub use catalog::{InwardOp, ListQuery, Page};
 pub use changes::ChangeQuery;
 pub use conflicts::{Conflict, ConflictFilter};
