@@ -8,11 +8,12 @@ use axum::http::{header, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
 use serde_json::json;
+use syncflow_core::sync::{MergePolicy, NewConflict};
 use syncflow_core::CUSTOMER;
 use syncflow_engine::SystemConfig;
 use syncflow_server::{router, ApiTokens, AppState};
 use syncflow_store::testing::TestStore;
-use syncflow_store::{backend_tests, DeliveryStatus, Finish, NewInboxEvent, Route};
+use syncflow_store::{backend_tests, DeliveryStatus, Finish, InwardOp, InwardWrite, NewInboxEvent, Route};
 use tower::ServiceExt;
 
 const TOKEN: &str = "dashboard-admin";
@@ -59,7 +60,12 @@ fn finish(status: DeliveryStatus, http: u16, remarks: &str) -> Finish {
     }
 }
 
-backend_tests!(pages_show_the_hubs_own_state, cross_site_posts_are_refused, with_tokens_every_page_needs_a_session);
+backend_tests!(
+    pages_show_the_hubs_own_state,
+    cross_site_posts_are_refused,
+    with_tokens_every_page_needs_a_session,
+    conflicts_show_both_values_and_resolve_in_one_click
+);
 
 async fn pages_show_the_hubs_own_state(t: TestStore) {
     let app = router(AppState::new(t.store.clone(), ApiTokens::default()).with_systems(vec![crm()]));
@@ -177,4 +183,47 @@ async fn with_tokens_every_page_needs_a_session(t: TestStore) {
     assert_eq!(r.status, StatusCode::SEE_OTHER);
     let r = send(&app, "POST", "/ui/logout", &[("cookie", &session)], None).await;
     assert!(r.headers[header::SET_COOKIE].to_str().unwrap().contains("Max-Age=0"));
+}
+
+async fn conflicts_show_both_values_and_resolve_in_one_click(t: TestStore) {
+    let app = router(AppState::new(t.store.clone(), ApiTokens::default()).with_systems(vec![crm()]));
+    let c = t
+        .store
+        .create(&CUSTOMER, json!({"name": "Ed", "email": "ed@hub.example"}).as_object().unwrap(), "api")
+        .await
+        .unwrap();
+    let write = InwardWrite {
+        system: "crm".into(),
+        inbox: None,
+        link: None,
+        conflicts: vec![NewConflict {
+            field: "email".into(),
+            hub_value: json!("ed@hub.example"),
+            external_value: json!("ed@crm.example"),
+            policy: MergePolicy::Manual,
+            winner: None,
+        }],
+        resync: false,
+    };
+    let patch = serde_json::Map::new();
+    let op = InwardOp::Update { id: &c.id, patch: &patch, expected_version: None };
+    t.store.apply_inward(&CUSTOMER, op, &write).await.unwrap();
+
+    let r = send(&app, "GET", "/ui/conflicts", &[], None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let row = r.body.split("data-conflict=").nth(1).expect("the open conflict");
+    assert!(row.contains("ed@hub.example") && row.contains("ed@crm.example") && row.contains(&c.id), "{row}");
+    let id: String = row.trim_start_matches('"').chars().take_while(|c| c.is_ascii_digit()).collect();
+
+    let r =
+        send(&app, "POST", &format!("/ui/conflicts/{id}/resolve"), &[], Some("keep=external&back=%2Fui%2Fconflicts"))
+            .await;
+    assert_eq!((r.status, r.headers[header::LOCATION].to_str().unwrap()), (StatusCode::SEE_OTHER, "/ui/conflicts"));
+    let now = t.store.get(&CUSTOMER, &c.id).await.unwrap().unwrap();
+    assert_eq!(now.fields["email"], "ed@crm.example", "the system's value was written to the hub");
+    assert!(send(&app, "GET", "/ui/conflicts", &[], None).await.body.contains("No conflicts."));
+    assert!(send(&app, "GET", "/ui/conflicts?status=resolved", &[], None).await.body.contains("external kept"));
+    // Resolving twice is refused, as in the API.
+    let again = send(&app, "POST", &format!("/ui/conflicts/{id}/resolve"), &[], Some("keep=hub")).await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
 }

@@ -3,15 +3,16 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Query, State};
-use axum::response::Html;
+use axum::extract::{Path, Query, State};
+use axum::response::{Html, Redirect};
+use axum::Form;
 use maud::html;
 use serde::Deserialize;
 use syncflow_store::InboxOutcome;
 
 use super::deliveries::encode;
 use super::views::{self, at, badge};
-use super::Page;
+use super::{back_to, DashError, Page};
 use crate::AppState;
 
 #[derive(Deserialize, Default)]
@@ -40,7 +41,7 @@ pub(crate) async fn page(State(state): State<AppState>, Query(f): Query<Filter>)
         h2 { "Events by system and outcome" }
         @if counts.is_empty() { p.muted { "No inward events yet." } } @else {
             table #inbox-counts {
-                thead { tr { th { "System" } @for o in InboxOutcome::ALL { th.num { (o.as_str()) } } } }
+                thead { tr { th { "System" } @for o in InboxOutcome::ALL { th.num { (o.as_str()) } } th {} } }
                 tbody {
                     @for (s, by) in &counts {
                         tr data-system=(s) {
@@ -50,6 +51,17 @@ pub(crate) async fn page(State(state): State<AppState>, Query(f): Query<Filter>)
                                     @match by.get(o.as_str()) {
                                         Some(n) => a href={ "/ui/inbox?system=" (encode(s)) "&outcome=" (o.as_str()) } { (n) },
                                         None => span.muted { "0" },
+                                    }
+                                }
+                            }
+                            td {
+                                @let stuck: i64 = ["rejected", "dead", "failed"].iter().filter_map(|o| by.get(*o)).sum();
+                                @if stuck > 0 && state.systems.iter().any(|c| &c.name == s) {
+                                    form.inline method="post" action={ "/ui/systems/" (s) "/inbox/replay" } {
+                                        input type="hidden" name="back" value=(here);
+                                        button.danger type="submit" data-action="replay-inbox" {
+                                            "Apply " (stuck) " rejected/dead again"
+                                        }
                                     }
                                 }
                             }
@@ -86,4 +98,21 @@ pub(crate) async fn page(State(state): State<AppState>, Query(f): Query<Filter>)
     };
     let body = views::page("Inbox", "/ui/inbox", &here, !state.tokens.is_empty(), html! {}, live);
     Ok(Html(body.into_string()))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Back {
+    back: Option<String>,
+}
+
+/// Puts a system's rejected and dead inward events back to be applied again.
+pub(crate) async fn replay(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Form(form): Form<Back>,
+) -> Result<Redirect, DashError> {
+    state.system(&name)?;
+    let n = state.store.inbox_replay(&name, None).await?;
+    tracing::info!(system = %name, requeued = n, "inward events requeued from the dashboard");
+    Ok(back_to(form.back.as_deref()))
 }

@@ -7,6 +7,7 @@
 //! but the login page and the assets is served without a valid session cookie; no
 //! secret (token, system secret, URL credentials) is ever rendered.
 
+mod conflicts;
 mod deliveries;
 mod inbox;
 mod overview;
@@ -48,6 +49,9 @@ pub(crate) fn routes(state: AppState) -> Router<AppState> {
         )
         .route("/ui/systems/{name}/replay", post(deliveries::replay_system))
         .route("/ui/inbox", get(inbox::page))
+        .route("/ui/systems/{name}/inbox/replay", post(inbox::replay))
+        .route("/ui/conflicts", get(conflicts::page))
+        .route("/ui/conflicts/{id}/resolve", post(conflicts::resolve))
         .route("/ui/events", get(events))
         .route("/ui/login", get(session::login_form).post(session::login))
         .route("/ui/logout", post(session::logout))
