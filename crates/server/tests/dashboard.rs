@@ -111,6 +111,12 @@ async fn pages_show_the_hubs_own_state(t: TestStore) {
     assert_eq!(send(&app, "GET", "/ui/deliveries/nope", &[], None).await.status, StatusCode::NOT_FOUND);
     assert_eq!(send(&app, "GET", "/ui/deliveries?status=lost", &[], None).await.status, StatusCode::NOT_FOUND);
 
+    let r = send(&app, "GET", &format!("/ui/records?q={}", c.id), &[], None).await;
+    assert!(r.body.contains("data-system=\"crm\"") && r.body.contains("email domain not allowed"), "{}", r.body);
+    assert!(r.body.contains("retrying (429)"), "the record's attempt history: {}", r.body);
+    let r = send(&app, "GET", "/ui/records?q=ext_nobody", &[], None).await;
+    assert!(r.body.contains("No record matches"));
+
     let r = send(&app, "GET", "/ui/inbox?system=crm", &[], None).await;
     assert!(r.body.contains("evt_1") && r.body.contains("customer.updated"), "{}", r.body);
 

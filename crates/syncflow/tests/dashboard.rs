@@ -171,7 +171,11 @@ fn start_hub(dir: &Path, crm: &Receiver, warehouse: &Receiver, envs: &[(&str, &s
 }
 
 async fn create_customer(hub: &Hub, name: &str, token: Option<&str>) -> String {
-    let mut req = reqwest::Client::new().post(hub.url("/v1/customers")).json(&json!({"name": name}));
+    create(hub, json!({"name": name}), token).await
+}
+
+async fn create(hub: &Hub, body: Value, token: Option<&str>) -> String {
+    let mut req = reqwest::Client::new().post(hub.url("/v1/customers")).json(&body);
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
@@ -342,6 +346,60 @@ async fn with_tokens_the_dashboard_needs_a_login() {
             browser.click("header button[type=submit]").await?;
             browser.goto(&hub.url("/")).await?;
             browser.wait_text("main", "the login form after logout", |t| t.contains("API token")).await?;
+            Ok(())
+        })
+        .await;
+    drop(hub);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_records_path_is_followed_across_two_systems() {
+    let Some(browser) = Browser::start("record_path").await else { return };
+    let (crm, warehouse) = (Receiver::start(None, Duration::ZERO).await, Receiver::start(None, Duration::ZERO).await);
+    // The CRM stumbles once, then accepts.
+    crm.script([Reply::error(503, "crm is restarting")]);
+    let dir = temp_dir();
+    let hub = start_hub(&dir, &crm, &warehouse, &[]);
+    browser
+        .run(async {
+            let id = create(&hub, json!({"name": "Path Finder", "email": "path@example.com"}), None).await;
+            wait_delivery(&hub, "crm", &id, "delivered").await;
+            wait_delivery(&hub, "warehouse", &id, "delivered").await;
+
+            // From the overview's newest changes to the record's path.
+            browser.goto(&hub.url("/")).await?;
+            browser.wait_text("#changes", "the customer", |t| t.contains(&id)).await?;
+            browser.click(&format!("#changes a[href$='{id}']")).await?;
+            browser.wait_text("#record", "the record", |t| t.contains(&id) && t.contains("path@example.com")).await?;
+            let crm_row = browser.text("#links tr[data-system=crm]").await?;
+            let wh_row = browser.text("#links tr[data-system=warehouse]").await?;
+            if !crm_row.contains(&format!("ext_{id}")) || !wh_row.contains(&format!("ext_{id}")) {
+                return Err(format!("links missing: {crm_row:?} / {wh_row:?}"));
+            }
+            let crm_deliveries = browser.text(".system-deliveries[data-system=crm]").await?;
+            if !(crm_deliveries.contains("delivered") && crm_deliveries.contains("retrying (503)")) {
+                return Err(format!("crm's delivery should show the 503 and the success: {crm_deliveries:?}"));
+            }
+            let wh_deliveries = browser.text(".system-deliveries[data-system=warehouse]").await?;
+            if !wh_deliveries.contains("delivered") {
+                return Err(format!("warehouse delivery: {wh_deliveries:?}"));
+            }
+            let changes = browser.text("#record-changes").await?;
+            if !changes.contains("api") {
+                return Err(format!("the change's origin is missing: {changes:?}"));
+            }
+
+            // The same record by e-mail, and by an external id.
+            for term in ["path@example.com".to_string(), format!("ext_{id}")] {
+                browser.goto(&hub.url("/ui/records")).await?;
+                let input = browser.client.find(Locator::Css("#record-search")).await.map_err(|e| e.to_string())?;
+                input.send_keys(&term).await.map_err(|e| e.to_string())?;
+                browser.click("form.filters button[type=submit]").await?;
+                browser.wait_text("#record", &format!("the record found by {term}"), |t| t.contains(&id)).await?;
+            }
+            browser.goto(&hub.url("/ui/records?q=nobody%40example.com")).await?;
+            browser.wait_text("#no-record", "no match", |t| t.contains("nobody@example.com")).await?;
             Ok(())
         })
         .await;

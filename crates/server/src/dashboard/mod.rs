@@ -11,6 +11,7 @@ mod conflicts;
 mod deliveries;
 mod inbox;
 mod overview;
+mod record;
 mod session;
 mod views;
 
@@ -52,6 +53,7 @@ pub(crate) fn routes(state: AppState) -> Router<AppState> {
         .route("/ui/systems/{name}/inbox/replay", post(inbox::replay))
         .route("/ui/conflicts", get(conflicts::page))
         .route("/ui/conflicts/{id}/resolve", post(conflicts::resolve))
+        .route("/ui/records", get(record::page))
         .route("/ui/events", get(events))
         .route("/ui/login", get(session::login_form).post(session::login))
         .route("/ui/logout", post(session::logout))
