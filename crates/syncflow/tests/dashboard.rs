@@ -50,8 +50,13 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// One browser at a time: Chromium is heavy for a 2-core machine that also runs the
+/// rest of the suite.
+static ONE_BROWSER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A headless Chromium session; the driver process and profile go with it.
 struct Browser {
+    _turn: std::sync::MutexGuard<'static, ()>,
     client: Client,
     driver: Child,
     profile: PathBuf,
@@ -61,6 +66,7 @@ struct Browser {
 impl Browser {
     async fn start(test: &str) -> Option<Browser> {
         let (chromium, chromedriver) = browser_programs(test)?;
+        let turn = ONE_BROWSER.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let port = free_port();
         let driver = Command::new(chromedriver)
             .args([format!("--port={port}"), "--allowed-ips=127.0.0.1".into()])
@@ -94,7 +100,7 @@ impl Browser {
                 }
             }
         };
-        Some(Browser { client, driver, profile, test: test.to_string() })
+        Some(Browser { _turn: turn, client, driver, profile, test: test.to_string() })
     }
 
     /// Runs a scenario; on failure saves a screenshot and panics with both.
@@ -125,9 +131,9 @@ impl Browser {
         el.click().await.map_err(|e| format!("click `{css}`: {e}"))
     }
 
-    /// Polls (20 s at most) until the text of `css` satisfies `pred`.
+    /// Polls (30 s at most) until the text of `css` satisfies `pred`.
     async fn wait_text(&self, css: &str, what: &str, pred: impl Fn(&str) -> bool) -> Result<String> {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(30);
         let mut last = String::new();
         loop {
             if let Ok(t) = self.text(css).await {

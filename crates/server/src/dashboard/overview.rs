@@ -74,15 +74,16 @@ async fn live(state: &AppState) -> Result<Markup, DashError> {
                 div.stat data-entity=(plural) { b { (n) } span { (plural) } }
             }
         }
-        h2 { "Systems" }
+        h2 { "Systems " span.muted { "· activity over the last hour" } }
         @if rows.is_empty() {
             p.muted { "No systems are configured ([[systems]] in the config file)." }
         } @else {
             table #systems {
                 thead { tr {
                     th { "System" } th { "State" } th.num { "Queue" } th.num { "Oldest pending" } th.num { "Dead" }
-                    th { "Deliveries/min (1 h)" } th.num { "Error rate (1 h)" } th.num { "429s (1 h)" }
-                    th { "Last inward event" } th { "Poll lag" } th {}
+                    th title="Delivered (green) and failed (red) attempts per minute, last hour" { "Deliveries/min" }
+                    th.num title="Failed attempts, last hour" { "Errors" } th.num title="HTTP 429 answers, last hour" { "429s" }
+                    th { "Last inward" } th { "Poll lag" } th {}
                 } }
                 tbody {
                     @for (s, q, minutes, last_inward, poll_cursor) in &rows {

@@ -6,8 +6,13 @@ use maud::{html, Markup, DOCTYPE};
 use super::ASSET_VERSION;
 
 /// The navigation entries: (path, label).
-const NAV: &[(&str, &str)] =
-    &[("/", "Overview"), ("/ui/deliveries", "Deliveries"), ("/ui/inbox", "Inbox"), ("/ui/records", "Record path")];
+const NAV: &[(&str, &str)] = &[
+    ("/", "Overview"),
+    ("/ui/deliveries", "Deliveries"),
+    ("/ui/inbox", "Inbox"),
+    ("/ui/conflicts", "Conflicts"),
+    ("/ui/records", "Record path"),
+];
 
 fn head(title: &str) -> Markup {
     html! {
