@@ -9,6 +9,7 @@
 mod common;
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -68,7 +69,10 @@ impl Browser {
         let (chromium, chromedriver) = browser_programs(test)?;
         let turn = ONE_BROWSER.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let port = free_port();
+        // Its own process group, so that Chromium (its child) can be stopped with it
+        // even when a test panics before closing the session.
         let driver = Command::new(chromedriver)
+            .process_group(0)
             .args([format!("--port={port}"), "--allowed-ips=127.0.0.1".into()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -103,9 +107,13 @@ impl Browser {
         Some(Browser { _turn: turn, client, driver, profile, test: test.to_string() })
     }
 
-    /// Runs a scenario; on failure saves a screenshot and panics with both.
+    /// Runs a scenario, then ends the browser session (chromedriver closes Chromium;
+    /// killing the driver alone would leave it running). On failure saves a
+    /// screenshot first and panics with its path.
     async fn run<F: std::future::Future<Output = Result>>(&self, scenario: F) {
-        if let Err(e) = scenario.await {
+        let outcome = scenario.await;
+        let mut failure = None;
+        if let Err(e) = outcome {
             let path = std::env::temp_dir().join(format!("syncflow-dashboard-{}.png", self.test));
             let saved = match self.client.screenshot().await {
                 Ok(png) => std::fs::write(&path, png).map(|_| format!("screenshot: {}", path.display())),
@@ -113,7 +121,11 @@ impl Browser {
             }
             .unwrap_or_else(|we| format!("no screenshot: {we}"));
             let url = self.client.current_url().await.map(|u| u.to_string()).unwrap_or_default();
-            panic!("{}: {e}\n  at {url}\n  {saved}", self.test);
+            failure = Some(format!("{}: {e}\n  at {url}\n  {saved}", self.test));
+        }
+        let _ = self.client.clone().close().await;
+        if let Some(message) = failure {
+            panic!("{message}");
         }
     }
 
@@ -156,6 +168,8 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        let group = format!("-{}", self.driver.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
         let _ = std::fs::remove_dir_all(&self.profile);
