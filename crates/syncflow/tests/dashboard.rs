@@ -53,11 +53,11 @@ fn free_port() -> u16 {
 
 /// One browser at a time: Chromium is heavy for a 2-core machine that also runs the
 /// rest of the suite.
-static ONE_BROWSER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A headless Chromium session; the driver process and profile go with it.
 struct Browser {
-    _turn: std::sync::MutexGuard<'static, ()>,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
     client: Client,
     driver: Child,
     profile: PathBuf,
@@ -67,7 +67,7 @@ struct Browser {
 impl Browser {
     async fn start(test: &str) -> Option<Browser> {
         let (chromium, chromedriver) = browser_programs(test)?;
-        let turn = ONE_BROWSER.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let turn = ONE_BROWSER.lock().await;
         let port = free_port();
         // Its own process group, so that Chromium (its child) can be stopped with it
         // even when a test panics before closing the session.
