@@ -47,6 +47,13 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Client sync conflicts, by entity, policy and winner (client or hub).",
     ),
     ("syncflow_stream_clients", Kind::Gauge, "Open server-sent-event change streams."),
+    (
+        "syncflow_api_usage",
+        Kind::Gauge,
+        "API calls used in the system's current window, as it last reported, by system.",
+    ),
+    ("syncflow_api_limit", Kind::Gauge, "API calls the system allows in its window, by system."),
+    ("syncflow_api_budget", Kind::Gauge, "The part of the system's API allowance this hub may use, by system."),
 ];
 
 /// The `Content-Type` of `Registry::render`'s output.

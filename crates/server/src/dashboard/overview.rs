@@ -5,6 +5,7 @@
 use axum::extract::{Path, State};
 use axum::response::{Html, Redirect};
 use maud::{html, Markup};
+use syncflow_connectors::ApiUsage;
 use syncflow_store::{now_ms, MinuteActivity, QueueStats};
 
 use super::views::{self, age, badge, sparkline};
@@ -16,8 +17,9 @@ const HOUR: usize = 60;
 /// A system is failing, or over budget, when its last this-many minutes say so.
 const RECENT_MINUTES: usize = 5;
 
-/// What one system is doing, for its badge.
-pub(crate) fn system_state(paused: bool, minutes: &[MinuteActivity]) -> &'static str {
+/// What one system is doing, for its badge. `usage`: its API allowance, for kinds
+/// that report one (over budget once the hub's share, or the whole, is used).
+pub(crate) fn system_state(paused: bool, minutes: &[MinuteActivity], usage: Option<ApiUsage>) -> &'static str {
     let recent = &minutes[minutes.len().saturating_sub(RECENT_MINUTES)..];
     let failed: i64 = recent.iter().map(|m| m.failed).sum();
     let delivered: i64 = recent.iter().map(|m| m.delivered).sum();
@@ -26,7 +28,7 @@ pub(crate) fn system_state(paused: bool, minutes: &[MinuteActivity]) -> &'static
         "paused"
     } else if failed > 0 && failed >= delivered {
         "failing"
-    } else if throttled > 0 {
+    } else if throttled > 0 || usage.is_some_and(|u| u.used >= u.budget.unwrap_or(u.max)) {
         "over budget"
     } else {
         "running"
@@ -60,7 +62,9 @@ async fn live(state: &AppState) -> Result<Markup, DashError> {
         let minutes = activity.get(&s.name).unwrap_or(&empty);
         let last_inward = store.inbox_latest(Some(&s.name), None, 1).await?.into_iter().next();
         let poll_cursor = store.cursor(&format!("poll:{}", s.name)).await?.and_then(|c| c.parse::<i64>().ok());
-        rows.push((s, q, minutes, last_inward, poll_cursor));
+        let usage = state.pipelines.get(&s.name).and_then(|p| p.connector().api_usage());
+        let paused = paused.contains(&s.name);
+        rows.push(SystemView { config: s, queue: q, minutes, last_inward, poll_cursor, usage, paused });
     }
 
     Ok(html! {
@@ -82,13 +86,11 @@ async fn live(state: &AppState) -> Result<Markup, DashError> {
                 thead { tr {
                     th { "System" } th { "State" } th.num { "Queue" } th.num { "Oldest pending" } th.num { "Dead" }
                     th title="Delivered (green) and failed (red) attempts per minute, last hour" { "Deliveries/min" }
-                    th.num title="Failed attempts, last hour" { "Errors" } th.num title="HTTP 429 answers, last hour" { "429s" }
+                    th.num title="Failed attempts, last hour" { "Errors" } th.num title="HTTP 429 answers, last hour; API quota use where the system reports it" { "429s · quota" }
                     th { "Last inward" } th { "Poll lag" } th {}
                 } }
                 tbody {
-                    @for (s, q, minutes, last_inward, poll_cursor) in &rows {
-                        (system_row(s, q, minutes, last_inward.as_ref(), *poll_cursor, paused.contains(&s.name), now))
-                    }
+                    @for view in &rows { (system_row(view, now)) }
                 }
             }
         }
@@ -112,22 +114,26 @@ async fn live(state: &AppState) -> Result<Markup, DashError> {
     })
 }
 
-fn system_row(
-    s: &syncflow_engine::SystemConfig,
-    q: &QueueStats,
-    minutes: &[MinuteActivity],
-    last_inward: Option<&syncflow_store::InboxEvent>,
+/// What the overview knows about one system.
+struct SystemView<'a> {
+    config: &'a syncflow_engine::SystemConfig,
+    queue: QueueStats,
+    minutes: &'a [MinuteActivity],
+    last_inward: Option<syncflow_store::InboxEvent>,
     poll_cursor: Option<i64>,
+    usage: Option<ApiUsage>,
     paused: bool,
-    now: i64,
-) -> Markup {
+}
+
+fn system_row(v: &SystemView<'_>, now: i64) -> Markup {
+    let (s, q, minutes, usage) = (v.config, &v.queue, v.minutes, v.usage);
     let delivered: Vec<i64> = minutes.iter().map(|m| m.delivered).collect();
     let failed: Vec<i64> = minutes.iter().map(|m| m.failed).collect();
     let attempts: i64 = minutes.iter().map(|m| m.attempts).sum();
     let failures: i64 = failed.iter().sum();
     let throttled: i64 = minutes.iter().map(|m| m.throttled).sum();
     let per_min = delivered.last().copied().unwrap_or(0);
-    let state = system_state(paused, minutes);
+    let state = system_state(v.paused, minutes, usage);
     let name = &s.name;
     html! {
         tr data-system=(name) {
@@ -146,16 +152,23 @@ fn system_row(
                 " " span.mono { (per_min) "/min" }
             }
             td.num { @if attempts == 0 { "–" } @else { (format!("{:.1}%", failures as f64 * 100.0 / attempts as f64)) } }
-            td.num { (throttled) }
+            td.num {
+                (throttled)
+                @if let Some(u) = usage {
+                    br; span.muted.quota title="API calls used / allowed in the system's window (the hub's budget)" {
+                        (u.used) "/" (u.max) @if let Some(b) = u.budget { " (budget " (b) ")" }
+                    }
+                }
+            }
             td {
-                @match last_inward {
+                @match &v.last_inward {
                     Some(e) => { (age((now - e.received_at) as f64 / 1000.0)) " ago " (badge(e.outcome.as_str())) }
                     None => span.muted { "none" },
                 }
             }
-            td { @match poll_cursor { Some(c) => (age((now / 1000 - c) as f64)), None => span.muted { "–" } } }
+            td { @match v.poll_cursor { Some(c) => (age((now / 1000 - c) as f64)), None => span.muted { "–" } } }
             td {
-                @if paused {
+                @if v.paused {
                     form.inline method="post" action={ "/ui/systems/" (name) "/resume" } {
                         button.primary type="submit" data-action="resume" { "Resume" }
                     }
@@ -190,15 +203,18 @@ mod tests {
     #[test]
     fn states_follow_the_last_minutes() {
         let mut m = vec![MinuteActivity::default(); HOUR];
-        assert_eq!(system_state(false, &m), "running");
-        assert_eq!(system_state(true, &m), "paused");
+        assert_eq!(system_state(false, &m, None), "running");
+        assert_eq!(system_state(true, &m, None), "paused");
+        let spent = ApiUsage { used: 900, max: 1000, budget: Some(800) };
+        assert_eq!(system_state(false, &m, Some(spent)), "over budget");
+        assert_eq!(system_state(false, &m, Some(ApiUsage { budget: None, ..spent })), "running");
         m[HOUR - 1] = minute(1, 0, 1);
-        assert_eq!(system_state(false, &m), "over budget");
+        assert_eq!(system_state(false, &m, None), "over budget");
         m[HOUR - 2] = minute(0, 3, 0);
-        assert_eq!(system_state(false, &m), "failing");
+        assert_eq!(system_state(false, &m, None), "failing");
         // Failures long ago do not count.
         let mut old = vec![MinuteActivity::default(); HOUR];
         old[0] = minute(0, 9, 0);
-        assert_eq!(system_state(false, &old), "running");
+        assert_eq!(system_state(false, &old, None), "running");
     }
 }
