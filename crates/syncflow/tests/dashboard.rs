@@ -41,7 +41,10 @@ fn browser_programs(test: &str) -> Option<(PathBuf, PathBuf)> {
                 "SYNCFLOW_REQUIRE_BROWSER=1 but chromium/chromedriver are not installed \
                  (apt-get install chromium chromium-driver)"
             );
-            eprintln!("SKIPPED {test}: chromium and chromedriver are not installed (apt-get install chromium chromium-driver)");
+            syncflow_store::testing::skipped(
+                &format!("the browser scenario `{test}`"),
+                "chromium and chromedriver are not installed (apt-get install chromium chromium-driver)",
+            );
             None
         }
     }
