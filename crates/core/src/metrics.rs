@@ -1,10 +1,18 @@
-//! A small in-process metrics registry rendered in the Prometheus text format.
-//! Metric names and help texts are declared once, in `METRICS`, so every name the
-//! hub exports can be found in one place.
+//! The hub's metrics, kept in a `prometheus-client` registry and rendered in the
+//! OpenMetrics text format. Metric names and help texts are declared once, in
+//! `METRICS`, so every name the hub exports can be found in one place.
+//!
+//! Invariant kept here: each `Registry` is independent (one per hub, so tests that
+//! start several hubs in one process never see each other's counts), and call
+//! sites name a metric by its exported name (`syncflow_…_total` for counters).
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::Mutex;
+use std::collections::HashMap;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -39,29 +47,44 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Client sync conflicts, by entity, policy and winner (client or hub).",
     ),
     ("syncflow_stream_clients", Kind::Gauge, "Open server-sent-event change streams."),
+    (
+        "syncflow_api_usage",
+        Kind::Gauge,
+        "API calls used in the system's current window, as it last reported, by system.",
+    ),
+    ("syncflow_api_limit", Kind::Gauge, "API calls the system allows in its window, by system."),
+    ("syncflow_api_budget", Kind::Gauge, "The part of the system's API allowance this hub may use, by system."),
 ];
+
+/// The `Content-Type` of `Registry::render`'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Upper bounds (seconds) of histogram buckets.
 const BUCKETS: [f64; 15] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
+/// Label pairs in the order the call site gave them.
 type Labels = Vec<(&'static str, String)>;
 
-#[derive(Default, Clone)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    sum: f64,
-    count: u64,
+fn new_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
 }
 
-#[derive(Default)]
-struct Series {
-    values: BTreeMap<(&'static str, Labels), f64>,
-    histograms: BTreeMap<(&'static str, Labels), Histogram>,
+enum Metric {
+    Counter(Family<Labels, Counter<f64>>),
+    Gauge(Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>),
+    Histogram(Family<Labels, Histogram, fn() -> Histogram>),
 }
 
-#[derive(Default)]
+/// One hub's metrics.
 pub struct Registry {
-    series: Mutex<Series>,
+    registry: prometheus_client::registry::Registry,
+    by_name: HashMap<&'static str, Metric>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 fn labels(pairs: &[(&'static str, &str)]) -> Labels {
@@ -70,80 +93,77 @@ fn labels(pairs: &[(&'static str, &str)]) -> Labels {
 
 impl Registry {
     pub fn new() -> Self {
-        Self::default()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Series> {
-        self.series.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn inc(&self, name: &'static str, pairs: &[(&'static str, &str)], by: f64) {
-        *self.lock().values.entry((name, labels(pairs))).or_default() += by;
-    }
-
-    pub fn set(&self, name: &'static str, pairs: &[(&'static str, &str)], value: f64) {
-        self.lock().values.insert((name, labels(pairs)), value);
-    }
-
-    pub fn observe(&self, name: &'static str, pairs: &[(&'static str, &str)], seconds: f64) {
-        let mut s = self.lock();
-        let h = s.histograms.entry((name, labels(pairs))).or_default();
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            if seconds <= *bound {
-                h.counts[i] += 1;
-            }
+        let mut registry = prometheus_client::registry::Registry::default();
+        let mut by_name = HashMap::new();
+        for &(name, kind, help) in METRICS {
+            // The library adds the final full stop to help texts, and `_total` to
+            // counter names.
+            let help = help.trim_end_matches('.');
+            let metric = match kind {
+                Kind::Counter => {
+                    let family = Family::default();
+                    registry.register(name.trim_end_matches("_total"), help, family.clone());
+                    Metric::Counter(family)
+                }
+                Kind::Gauge => {
+                    let family = Family::default();
+                    registry.register(name, help, family.clone());
+                    Metric::Gauge(family)
+                }
+                Kind::Histogram => {
+                    let family = Family::new_with_constructor(new_histogram as fn() -> Histogram);
+                    registry.register(name, help, family.clone());
+                    Metric::Histogram(family)
+                }
+            };
+            by_name.insert(name, metric);
         }
-        h.sum += seconds;
-        h.count += 1;
+        Self { registry, by_name }
+    }
+
+    /// Adds `by` to a counter, or to a gauge (negative to lower it). Names not in
+    /// `METRICS` are ignored.
+    pub fn inc(&self, name: &'static str, pairs: &[(&'static str, &str)], by: f64) {
+        match self.by_name.get(name) {
+            Some(Metric::Counter(f)) => {
+                f.get_or_create(&labels(pairs)).inc_by(by);
+            }
+            Some(Metric::Gauge(f)) => {
+                f.get_or_create(&labels(pairs)).inc_by(by);
+            }
+            _ => debug_assert!(self.by_name.contains_key(name), "unknown metric {name}"),
+        }
+    }
+
+    /// Sets a gauge.
+    pub fn set(&self, name: &'static str, pairs: &[(&'static str, &str)], value: f64) {
+        if let Some(Metric::Gauge(f)) = self.by_name.get(name) {
+            f.get_or_create(&labels(pairs)).set(value);
+        }
+    }
+
+    /// Records one observation in a histogram.
+    pub fn observe(&self, name: &'static str, pairs: &[(&'static str, &str)], seconds: f64) {
+        if let Some(Metric::Histogram(f)) = self.by_name.get(name) {
+            f.get_or_create(&labels(pairs)).observe(seconds);
+        }
     }
 
     /// Current value of a counter or gauge (0 when never set); for tests and status.
     pub fn value(&self, name: &'static str, pairs: &[(&'static str, &str)]) -> f64 {
-        self.lock().values.get(&(name, labels(pairs))).copied().unwrap_or(0.0)
-    }
-
-    pub fn render(&self) -> String {
-        let s = self.lock();
-        let mut out = String::new();
-        for (name, kind, help) in METRICS {
-            let kind_text = match kind {
-                Kind::Counter => "counter",
-                Kind::Gauge => "gauge",
-                Kind::Histogram => "histogram",
-            };
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind_text}");
-            for ((n, l), v) in s.values.range((*name, Vec::new())..) {
-                if n != name {
-                    break;
-                }
-                let _ = writeln!(out, "{name}{} {v}", fmt_labels(l, None));
-            }
-            for ((n, l), h) in s.histograms.range((*name, Vec::new())..) {
-                if n != name {
-                    break;
-                }
-                for (i, bound) in BUCKETS.iter().enumerate() {
-                    let _ = writeln!(out, "{name}_bucket{} {}", fmt_labels(l, Some(&bound.to_string())), h.counts[i]);
-                }
-                let _ = writeln!(out, "{name}_bucket{} {}", fmt_labels(l, Some("+Inf")), h.count);
-                let _ = writeln!(out, "{name}_sum{} {}", fmt_labels(l, None), h.sum);
-                let _ = writeln!(out, "{name}_count{} {}", fmt_labels(l, None), h.count);
-            }
+        match self.by_name.get(name) {
+            Some(Metric::Counter(f)) => f.get(&labels(pairs)).map_or(0.0, |c| c.get()),
+            Some(Metric::Gauge(f)) => f.get(&labels(pairs)).map_or(0.0, |g| g.get()),
+            _ => 0.0,
         }
-        out
     }
-}
 
-fn fmt_labels(l: &Labels, le: Option<&str>) -> String {
-    let mut parts: Vec<String> =
-        l.iter().map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))).collect();
-    if let Some(le) = le {
-        parts.push(format!("le=\"{le}\""));
-    }
-    if parts.is_empty() {
-        String::new()
-    } else {
-        format!("{{{}}}", parts.join(","))
+    /// Every metric in the OpenMetrics text format (see `CONTENT_TYPE`).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
     }
 }
 
@@ -152,15 +172,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_counters_and_histograms() {
+    fn renders_counters_gauges_and_histograms() {
         let r = Registry::new();
         r.inc("syncflow_http_requests_total", &[("method", "GET"), ("status", "200")], 1.0);
         r.inc("syncflow_http_requests_total", &[("method", "GET"), ("status", "200")], 1.0);
         r.observe("syncflow_http_request_duration_seconds", &[("route", "/x")], 0.003);
+        r.inc("syncflow_stream_clients", &[], 1.0);
+        r.inc("syncflow_stream_clients", &[], 1.0);
+        r.inc("syncflow_stream_clients", &[], -1.0);
         let text = r.render();
-        assert!(text.contains("syncflow_http_requests_total{method=\"GET\",status=\"200\"} 2\n"), "{text}");
-        assert!(text.contains("syncflow_http_request_duration_seconds_bucket{route=\"/x\",le=\"0.0025\"} 0\n"));
-        assert!(text.contains("syncflow_http_request_duration_seconds_bucket{route=\"/x\",le=\"0.005\"} 1\n"));
-        assert!(text.contains("syncflow_http_request_duration_seconds_count{route=\"/x\"} 1\n"));
+        assert!(text.contains("# TYPE syncflow_http_requests counter\n"), "{text}");
+        assert!(text.contains("syncflow_http_requests_total{method=\"GET\",status=\"200\"} 2"), "{text}");
+        assert!(
+            text.contains("syncflow_http_request_duration_seconds_bucket{le=\"0.0025\",route=\"/x\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("syncflow_http_request_duration_seconds_bucket{le=\"0.005\",route=\"/x\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("syncflow_http_request_duration_seconds_count{route=\"/x\"} 1\n"), "{text}");
+        assert!(text.contains("syncflow_stream_clients 1"), "{text}");
+        assert!(text.contains("# HELP syncflow_stream_clients Open server-sent-event change streams.\n"), "{text}");
+        assert!(!text.contains("syncflow_dispatch_lag"), "metrics never touched are left out: {text}");
+        assert!(text.ends_with("# EOF\n"));
+        assert_eq!(r.value("syncflow_http_requests_total", &[("method", "GET"), ("status", "200")]), 2.0);
+    }
+
+    #[test]
+    fn registries_are_independent() {
+        let (a, b) = (Registry::new(), Registry::new());
+        a.inc("syncflow_deliveries_total", &[("system", "crm"), ("outcome", "delivered")], 3.0);
+        assert_eq!(b.value("syncflow_deliveries_total", &[("system", "crm"), ("outcome", "delivered")]), 0.0);
+        assert!(!b.render().contains("syncflow_deliveries_total{"));
     }
 }

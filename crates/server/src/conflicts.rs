@@ -71,7 +71,7 @@ async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<J
 /// `{"keep": "hub" | "external"}` or `{"keep": "value", "value": …}`. Keeping the
 /// external value or a new value writes it to the hub record (an ordinary change,
 /// delivered everywhere); keeping the hub's re-pushes it to the conflicting system.
-async fn resolve(
+pub(crate) async fn resolve(
     State(state): State<AppState>,
     Path(id): Path<String>,
     JsonObject(body): JsonObject,

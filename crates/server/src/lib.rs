@@ -8,6 +8,7 @@ mod auth;
 mod catalog;
 mod changes;
 mod conflicts;
+mod dashboard;
 mod deliveries;
 mod edge;
 pub mod error;
@@ -164,6 +165,7 @@ pub fn router(state: AppState) -> Router {
 
     Router::new()
         .merge(api)
+        .merge(dashboard::routes(state.clone()))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

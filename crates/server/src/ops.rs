@@ -44,7 +44,7 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
             state.metrics.set("syncflow_queue_oldest_age_seconds", &labels, age);
         }
     }
-    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
+    (StatusCode::OK, [(header::CONTENT_TYPE, syncflow_core::metrics::CONTENT_TYPE)], state.metrics.render())
 }
 
 pub(crate) async fn not_found(uri: Uri) -> ApiError {

@@ -9,6 +9,7 @@
 //! says so, and the `on_write!`/`on_read!` macros expand each method body once per
 //! backend, so the code is written once but type-checked against each driver.
 
+mod activity;
 mod catalog;
 mod changes;
 pub mod conflicts;
@@ -31,6 +32,7 @@ use syncflow_core::metrics::Registry;
 use syncflow_core::FieldError;
 use tokio::sync::watch;
 
+pub use activity::{MinuteActivity, RecentDeliveries};
 pub use catalog::{InwardOp, ListQuery, Page};
 pub use changes::ChangeQuery;
 pub use conflicts::{Conflict, ConflictFilter};
