@@ -105,8 +105,12 @@ impl Hub {
         (field("VmRSS:"), field("VmHWM:"))
     }
 
+    /// POSTs `body` as JSON; `Value::Null` sends no body (operator actions such as
+    /// pause and resume take none).
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value> {
-        let r = self.client.post(self.url(path)).json(body).send().await?;
+        let req = self.client.post(self.url(path));
+        let req = if body.is_null() { req } else { req.json(body) };
+        let r = req.send().await?;
         let status = r.status();
         let v: Value = r.json().await.unwrap_or(Value::Null);
         if !status.is_success() {

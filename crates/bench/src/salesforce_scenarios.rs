@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use serde_json::json;
+use serde_json::{json, Value};
 use syncflow_sandbox::salesforce::{SalesforceOptions, SalesforceSandbox};
 
 use crate::hub::Env;
@@ -27,7 +27,7 @@ pub async fn backlog_calls(env: Env, quick: bool) -> Result<Row> {
         sf.url()
     );
     let hub = env.start(&system)?;
-    hub.post("/v1/systems/salesforce/pause", &json!({})).await?;
+    hub.post("/v1/systems/salesforce/pause", &Value::Null).await?;
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..32 {
@@ -51,7 +51,7 @@ pub async fn backlog_calls(env: Env, quick: bool) -> Result<Row> {
     }
     let before = sf.stats();
     let started = Instant::now();
-    hub.post("/v1/systems/salesforce/resume", &json!({})).await?;
+    hub.post("/v1/systems/salesforce/resume", &Value::Null).await?;
     while sf.stats().records < n {
         if started.elapsed() > Duration::from_secs(300) {
             bail!("only {} of {n} contacts reached Salesforce", sf.stats().records);

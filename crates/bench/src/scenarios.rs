@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use serde_json::json;
+use serde_json::{json, Value};
 use syncflow_sandbox::Receiver;
 
 use crate::hub::{percentile, Env, Hub};
@@ -164,11 +164,11 @@ async fn backlog_memory(env: Env, quick: bool) -> Result<Row> {
     let receiver = Receiver::start(None, Duration::ZERO).await;
     receiver.keep_bodies(false);
     let hub = env.start(&http_system("sink", &receiver, "concurrency = 256"))?;
-    hub.post("/v1/systems/sink/pause", &json!({})).await?;
+    hub.post("/v1/systems/sink/pause", &Value::Null).await?;
     create_customers(&hub, n, 32).await?;
     let (_, peak_before) = hub.rss_mib();
     let started = Instant::now();
-    hub.post("/v1/systems/sink/resume", &json!({})).await?;
+    hub.post("/v1/systems/sink/resume", &Value::Null).await?;
     let mut peak_drain: f64 = 0.0;
     while receiver.applied_count() < n {
         peak_drain = peak_drain.max(hub.rss_mib().0);

@@ -44,7 +44,7 @@ pub async fn rate_limit(env: Env, quick: bool) -> Result<Row> {
         StripeSandbox::start("127.0.0.1:0".parse()?, StripeOptions { rate_limit: Some(limit), ..Default::default() })
             .await?;
     let hub = env.start(&stripe_system(&stripe.url(), "api_rate_limit = 100\nconcurrency = 16"))?;
-    hub.post("/v1/systems/stripe/pause", &json!({})).await?;
+    hub.post("/v1/systems/stripe/pause", &Value::Null).await?;
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..32 {
@@ -64,7 +64,7 @@ pub async fn rate_limit(env: Env, quick: bool) -> Result<Row> {
     }
     let before = stripe.stats();
     let started = Instant::now();
-    hub.post("/v1/systems/stripe/resume", &json!({})).await?;
+    hub.post("/v1/systems/stripe/resume", &Value::Null).await?;
     while stripe.stats().customers < n {
         if started.elapsed() > Duration::from_secs(n as u64 / 50 + 120) {
             bail!("only {} of {n} customers reached Stripe", stripe.stats().customers);

@@ -25,8 +25,10 @@ use crate::policy::{backoff, TokenBucket};
 
 /// Changes the dispatcher routes per transaction.
 const DISPATCH_BATCH: usize = 1000;
-/// Deliveries one claim may take.
+/// Connector calls one claim prepares (deliveries, for kinds that push one at a time).
 const CLAIM_BATCH: usize = 256;
+/// Most deliveries one claim may take for a batching connector (several calls' worth).
+const MAX_CLAIM: usize = 1000;
 /// How often idle loops look again (for retries coming due and other nodes' work).
 const IDLE_POLL: Duration = Duration::from_millis(500);
 /// How long shutdown waits for pushes in flight before leaving them to their lease.
@@ -270,14 +272,16 @@ impl Engine {
             // The system asked to be left alone (its API budget is spent).
             let held = system.connector.hold();
             let paused = paused || held.is_some();
-            let free = system.slots.available_permits() * batch;
-            // Rate-limit tokens are taken before the claim, so waiting for one never
-            // eats a claimed delivery's lease.
+            // One slot and one rate-limit token per connector call, which carries up
+            // to `batch` deliveries. Tokens are taken before the claim, so waiting for
+            // one never eats a claimed delivery's lease.
+            let free = system.slots.available_permits();
             let mut tokens = if paused || free == 0 { 0 } else { self.tokens(&system, free.min(CLAIM_BATCH)) };
             let claimed = if tokens == 0 {
                 Vec::new()
             } else {
-                match self.store.claim(&name, &self.node, tokens, lease_ms, &callbacks).await {
+                let limit = (tokens * batch).min(MAX_CLAIM);
+                match self.store.claim(&name, &self.node, limit, lease_ms, &callbacks).await {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::warn!(system = %name, error = %e, "claim failed; will retry");
@@ -286,7 +290,7 @@ impl Engine {
                 }
             };
             if let Some(limiter) = &system.limiter {
-                let unused = tokens.saturating_sub(claimed.len());
+                let unused = tokens.saturating_sub(claimed.len().div_ceil(batch));
                 limiter.lock().unwrap_or_else(|e| e.into_inner()).give_back(unused);
                 tokens -= unused;
             }

@@ -14,7 +14,7 @@ use syncflow_sandbox::salesforce::{SalesforceOptions, SalesforceSandbox};
 use syncflow_sandbox::{Receiver, StripeOptions, StripeSandbox};
 use syncflow_server::{router, ApiTokens, AppState};
 use syncflow_store::testing::TestStore;
-use syncflow_store::{backend_tests, DeliveryFilter, Store};
+use syncflow_store::{backend_tests, DeliveryFilter, DeliveryStatus, Store};
 use tokio::sync::watch;
 
 const STRIPE_KEY: &str = "sk_test_nway";
@@ -290,7 +290,7 @@ async fn expired_sessions_renew_and_locked_rows_are_retried(t: TestStore) {
             limit: 10,
             ..Default::default()
         };
-        w.store.deliveries(&f).await.unwrap().into_iter().find(|d| d.attempts >= 1 && !d.status.is_final())
+        w.store.deliveries(&f).await.unwrap().into_iter().find(|d| d.status == DeliveryStatus::Retrying)
     });
     assert!(retrying.remarks.as_deref().unwrap_or("").contains("UNABLE_TO_LOCK_ROW"), "{retrying:?}");
     assert!(w.sf.stats().tokens_issued > tokens, "a new token after the session expired");
