@@ -105,6 +105,16 @@ impl Hub {
         (field("VmRSS:"), field("VmHWM:"))
     }
 
+    pub async fn get(&self, path: &str) -> Result<Value> {
+        let r = self.client.get(self.url(path)).send().await?;
+        let status = r.status();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("GET {path}: {status} {v}");
+        }
+        Ok(v)
+    }
+
     /// POSTs `body` as JSON; `Value::Null` sends no body (operator actions such as
     /// pause and resume take none).
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value> {

@@ -26,6 +26,7 @@ pub const ALL: &[Scenario] = &[
     Scenario { name: "commit-to-delivery-latency", run: |e, q| Box::pin(latency(e, q)) },
     Scenario { name: "backlog-memory", run: |e, q| Box::pin(backlog_memory(e, q)) },
     Scenario { name: "stripe-at-rate-limit", run: |e, q| Box::pin(crate::stripe_scenarios::rate_limit(e, q)) },
+    Scenario { name: "stripe-two-nodes", run: |e, q| Box::pin(crate::stripe_scenarios::two_nodes(e, q)) },
     Scenario { name: "webhook-ingest", run: |e, q| Box::pin(crate::stripe_scenarios::webhook_ingest(e, q)) },
     Scenario { name: "inward-fan-out", run: |e, q| Box::pin(crate::stripe_scenarios::inward_fanout(e, q)) },
     Scenario { name: "client-sync-throughput", run: |e, q| Box::pin(client_sync_throughput(e, q)) },

@@ -88,6 +88,81 @@ pub async fn rate_limit(env: Env, quick: bool) -> Result<Row> {
     })
 }
 
+/// Two `syncflow serve` nodes on one PostgreSQL database drain a backlog into the
+/// Stripe sandbox limited to 100 req/s: the limit holds for the pair, and is used.
+pub async fn two_nodes(env: Env, quick: bool) -> Result<Row> {
+    let n = if quick { 1_000 } else { 10_000 };
+    let limit = 100.0;
+    if !env.database_url.starts_with("postgres") {
+        return Ok(Row {
+            scenario: "stripe-two-nodes",
+            backend: String::new(),
+            result: "needs PostgreSQL (several nodes share one database)".into(),
+            goal: "≥ 95 % of limit, ≤ 0.1 % 429",
+            met: None,
+            data: json!({}),
+        });
+    }
+    let stripe =
+        StripeSandbox::start("127.0.0.1:0".parse()?, StripeOptions { rate_limit: Some(limit), ..Default::default() })
+            .await?;
+    let config = stripe_system(&stripe.url(), "api_rate_limit = 100\nconcurrency = 16");
+    let first = env.start(&config)?;
+    first.post("/v1/systems/stripe/pause", &Value::Null).await?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..32 {
+        let (next, client, url) = (next.clone(), first.client.clone(), first.url("/v1/customers"));
+        tasks.spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < n {
+                let r = client.post(&url).json(&json!({"name": "Backlog"})).send().await?;
+                if !r.status().is_success() {
+                    bail!("create failed: {}", r.status());
+                }
+            }
+            Ok::<(), anyhow::Error>(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    let second = env.start(&config)?;
+    let waiting = Instant::now();
+    while first.get("/v1/nodes").await?["data"].as_array().map_or(0, Vec::len) < 2 {
+        if waiting.elapsed() > Duration::from_secs(30) {
+            bail!("the second node never joined");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Let both nodes count each other before the work starts.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = stripe.stats();
+    let started = Instant::now();
+    first.post("/v1/systems/stripe/resume", &Value::Null).await?;
+    while stripe.stats().customers < n {
+        if started.elapsed() > Duration::from_secs(n as u64 / 50 + 120) {
+            bail!("only {} of {n} customers reached Stripe", stripe.stats().customers);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let after = stripe.stats();
+    drop(second);
+    let requests = after.requests - before.requests;
+    let throttled = after.throttled - before.throttled;
+    let used = requests as f64 / secs / limit * 100.0;
+    let throttled_pct = throttled as f64 / requests.max(1) as f64 * 100.0;
+    Ok(Row {
+        scenario: "stripe-two-nodes",
+        backend: String::new(),
+        result: format!("2 nodes: {used:.1} % of 100 req/s used, {throttled_pct:.2} % answered 429 ({n} customers, {requests} requests, nothing lost)"),
+        goal: "≥ 95 % of limit, ≤ 0.1 % 429",
+        met: Some(used >= 95.0 && used <= 100.0 && throttled_pct <= 0.1),
+        data: json!({"changes": n, "nodes": 2, "seconds": secs, "requests": requests, "throttled": throttled,
+                     "limit_used_pct": used, "throttled_pct": throttled_pct, "customers_in_stripe": after.customers}),
+    })
+}
+
 /// Signed Stripe-style webhooks, each durable before its 2xx.
 pub async fn webhook_ingest(env: Env, quick: bool) -> Result<Row> {
     let n = if quick { 3_000 } else { 20_000 };

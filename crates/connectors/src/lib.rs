@@ -91,6 +91,40 @@ pub trait Connector: Send + Sync + 'static {
     fn api_usage(&self) -> Option<ApiUsage> {
         None
     }
+
+    /// This node's part of the system's rate limit, set by the engine whenever the
+    /// number of live nodes changes. Kinds whose client paces its own calls (polls
+    /// and backfill as well as pushes) pace at `share.rate(their limit)`.
+    fn set_rate_share(&self, _share: RateShare) {}
+}
+
+/// How many live nodes share a system's rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateShare {
+    pub nodes: usize,
+}
+
+impl RateShare {
+    /// This node's rate under a cluster-wide `limit` per second. Alone it is the
+    /// whole limit. With several nodes each gets a whole number of requests per
+    /// second, `floor(limit / nodes)`: a pacer spacing requests at `r` per second
+    /// puts up to `ceil(r)` of them into one one-second window, so whole shares
+    /// are what keeps the sum over nodes within the limit in every window, not only
+    /// on average. (Below one request per second per node the fraction is kept.)
+    pub fn rate(self, limit: f64) -> f64 {
+        let nodes = self.nodes.max(1) as f64;
+        let share = limit / nodes;
+        if self.nodes <= 1 || share < 1.0 {
+            share
+        } else {
+            share.floor()
+        }
+    }
+
+    /// This node's part of a burst allowance (at least one).
+    pub fn burst(self, burst: u32) -> u32 {
+        (burst / self.nodes.max(1) as u32).max(1)
+    }
 }
 
 /// A system's API allowance: calls used and allowed in its window, and the part of
@@ -311,6 +345,21 @@ mod tests {
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("3d").is_err());
+    }
+
+    #[test]
+    fn rate_shares_fit_the_limit_in_every_window() {
+        let one = RateShare { nodes: 1 };
+        assert_eq!(one.rate(25.0), 25.0);
+        assert_eq!(one.rate(2.5), 2.5);
+        // Three nodes under 25/s: 8 each, so at most 3 × 8 = 24 in any second.
+        let three = RateShare { nodes: 3 };
+        assert_eq!(three.rate(25.0), 8.0);
+        assert!(3.0 * three.rate(25.0).ceil() <= 25.0);
+        assert_eq!(RateShare { nodes: 2 }.rate(100.0), 50.0);
+        assert_eq!(RateShare { nodes: 4 }.rate(2.0), 0.5);
+        assert_eq!(three.burst(25), 8);
+        assert_eq!(three.burst(1), 1);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! bucket; per-record order comes from the store's claim rule.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,9 @@ use tokio::task::JoinSet;
 use crate::config::SystemConfig;
 use crate::inward::Pipeline;
 use crate::policy::{backoff, TokenBucket};
+
+mod cluster;
+pub use cluster::ClusterSettings;
 
 /// Changes the dispatcher routes per transaction.
 const DISPATCH_BATCH: usize = 1000;
@@ -60,6 +64,10 @@ struct System {
     connector: Arc<dyn Connector>,
     callback: Option<CallbackSender>,
     limiter: Option<Mutex<TokenBucket>>,
+    /// The system's whole limit (rate, burst), which live nodes share.
+    limit: Option<(f64, u32)>,
+    /// End (ms) of the latest 429 pause applied here, this node's or another's.
+    throttled_until: AtomicI64,
     slots: Arc<Semaphore>,
     /// Woken by the dispatcher when it created deliveries for this system.
     work: Notify,
@@ -76,6 +84,10 @@ pub struct Engine {
     /// Lease owner name of this process.
     node: String,
     metrics: Arc<Registry>,
+    cluster: ClusterSettings,
+    started_at: String,
+    /// True once the other nodes have counted this one (see `cluster`).
+    joined: watch::Sender<bool>,
 }
 
 impl Engine {
@@ -105,6 +117,8 @@ impl Engine {
                 connector,
                 callback,
                 limiter,
+                limit: rate.map(|r| (r, burst)),
+                throttled_until: AtomicI64::new(0),
                 slots,
                 work: Notify::new(),
                 in_flight: Mutex::new(HashMap::new()),
@@ -112,7 +126,26 @@ impl Engine {
             }));
         }
         let node = format!("{}-{}", std::process::id(), syncflow_core::id::new_id("node"));
-        Ok(Engine { metrics: store.metrics(), store, systems, node })
+        Ok(Engine {
+            metrics: store.metrics(),
+            store,
+            systems,
+            node,
+            cluster: ClusterSettings::default(),
+            started_at: syncflow_core::now_timestamp(),
+            joined: watch::channel(false).0,
+        })
+    }
+
+    /// How often this node heartbeats and when silent nodes are dropped.
+    pub fn with_cluster(mut self, settings: ClusterSettings) -> Self {
+        self.cluster = settings;
+        self
+    }
+
+    /// This node's id (its row in `nodes`, the owner of its leases).
+    pub fn node_id(&self) -> &str {
+        &self.node
     }
 
     pub fn systems(&self) -> impl Iterator<Item = &SystemConfig> {
@@ -139,6 +172,7 @@ impl Engine {
     /// `shutdown` turns true; workers then wait (bounded) for pushes in flight.
     pub fn spawn(self: &Arc<Self>, shutdown: watch::Receiver<bool>) -> JoinSet<()> {
         let mut tasks = JoinSet::new();
+        tasks.spawn(self.clone().cluster(shutdown.clone()));
         if self.systems.is_empty() {
             return tasks;
         }
@@ -182,8 +216,11 @@ impl Engine {
     async fn poller(self: Arc<Self>, system: Arc<System>, mut shutdown: watch::Receiver<bool>) {
         let Some(pipeline) = &system.pipeline else { return };
         let every = pipeline.interval();
+        self.wait_joined().await;
         while !*shutdown.borrow() {
-            match pipeline.poll(false).await {
+            // One node at a time polls a system (the poll lease).
+            let turn = self.poll_turn(&system, every).await;
+            match if turn { pipeline.poll(false).await } else { Ok(Default::default()) } {
                 Ok(report) if report.fetched + report.recovered > 0 => {
                     tracing::debug!(system = %system.config.name, ?report, "polled");
                 }
@@ -260,6 +297,7 @@ impl Engine {
         let batch = system.connector.max_batch().max(1);
         let mut wake = self.store.subscribe();
         let mut in_flight = JoinSet::new();
+        self.wait_joined().await;
         while !*shutdown.borrow() {
             while in_flight.try_join_next().is_some() {}
             let paused = match self.store.paused_systems().await {
@@ -480,9 +518,8 @@ impl Engine {
                 finish.http_status = http_status;
                 if http_status == Some(429) {
                     self.metrics.inc("syncflow_delivery_throttled_total", &[("system", &name)], 1.0);
-                    if let (Some(limiter), Some(d)) = (&system.limiter, retry_after) {
-                        limiter.lock().unwrap_or_else(|e| e.into_inner()).pause(d);
-                    }
+                    // Every node pauses, not only this one.
+                    self.throttled(system, retry_after).await;
                 }
                 if delivery.attempts >= system.config.max_attempts {
                     finish.status = DeliveryStatus::Dead;

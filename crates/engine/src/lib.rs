@@ -13,5 +13,5 @@ mod log;
 pub mod policy;
 
 pub use config::SystemConfig;
-pub use engine::{Engine, EngineError};
+pub use engine::{ClusterSettings, Engine, EngineError};
 pub use inward::{InwardError, Pipeline, PollReport, WebhookError, WebhookReceipt};

@@ -53,6 +53,17 @@ impl TokenBucket {
         Ok(taken)
     }
 
+    /// Changes the rate and burst from `now` on (this node's share of a limit
+    /// changed); tokens earned so far are kept, up to the new burst.
+    pub fn set_rate(&mut self, rate: f64, burst: u32, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.rate = rate;
+        self.burst = f64::from(burst);
+        self.tokens = self.tokens.min(self.burst);
+    }
+
     /// Returns tokens taken for pushes that did not happen (a claim found less work).
     pub fn give_back(&mut self, n: usize) {
         self.tokens = (self.tokens + n as f64).min(self.burst);
@@ -79,6 +90,16 @@ mod tests {
             assert!(d4 >= Duration::from_secs(4) && d4 <= Duration::from_secs(8));
             assert!(backoff(30, i, m) <= m);
         }
+    }
+
+    #[test]
+    fn bucket_takes_a_new_share() {
+        let start = Instant::now();
+        let mut b = TokenBucket::new(30.0, 30);
+        b.set_rate(10.0, 10, start);
+        assert_eq!(b.take_up_to(100, start), Ok(10), "the burst shrinks with the share");
+        let later = start + Duration::from_secs(1);
+        assert_eq!(b.take_up_to(100, later), Ok(10), "and so does the rate");
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod edge;
 pub mod error;
 mod extract;
 mod idempotency;
+mod nodes;
 mod openapi;
 mod openapi_ops;
 mod ops;
@@ -157,6 +158,7 @@ pub fn router(state: AppState) -> Router {
         .merge(changes::routes())
         .merge(deliveries::routes())
         .merge(conflicts::routes())
+        .merge(nodes::routes())
         .merge(sync::routes())
         .merge(seed::routes())
         .merge(stream::routes())

@@ -1,4 +1,4 @@
-//! The two-way operator part of `/openapi.json`: conflicts and the inbox (systems
+//! The two-way operator part of `/openapi.json`: conflicts, the inbox and nodes (systems
 //! and deliveries are in `openapi.rs`). `tests/api.rs` checks that every route the
 //! router serves is described.
 
@@ -83,6 +83,18 @@ pub(crate) fn add(paths: &mut Map<String, Value>, schemas: &mut Map<String, Valu
             "responses": {"200": one("resolved; the record as written", json!({"type": "object", "properties": {
                     "conflict": conflict, "record": {"type": "object"}}})),
                 "400": error("bad body"), "404": error("no such conflict"), "409": error("already resolved")}}}),
+    );
+    schemas.insert(
+        "Node".into(),
+        json!({"type": "object", "properties": {
+            "id": {"type": "string"}, "host": {"type": "string"}, "version": {"type": "string"},
+            "started_at": {"type": "string", "format": "date-time"},
+            "last_seen_at": {"type": "string", "format": "date-time"}, "seen_ms_ago": {"type": "integer"}}}),
+    );
+    paths.insert(
+        "/v1/nodes".into(),
+        json!({"get": with(ops("Engines sharing this database (heartbeats; silent nodes are dropped)"), vec![],
+            json!({"200": list_of("nodes", json!({"$ref": "#/components/schemas/Node"}))}))}),
     );
     paths.insert(
         "/v1/inbox".into(),

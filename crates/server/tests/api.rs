@@ -62,7 +62,26 @@ backend_tests!(
     changes_endpoint_pages_the_log,
     tokens_guard_v1_but_not_operations,
     metrics_count_requests_and_changes,
+    nodes_lists_heart_beating_engines,
 );
+
+async fn nodes_lists_heart_beating_engines(t: TestStore) {
+    let api = Api::new(&t);
+    assert_eq!(api.get("/v1/nodes").await.body["data"], json!([]));
+    let node = syncflow_store::Node {
+        id: "n1".into(),
+        host: "box".into(),
+        version: "1.0".into(),
+        started_at: "2026-01-01T00:00:00Z".into(),
+        last_seen_ms: 0,
+    };
+    t.store.heartbeat(&node, 10_000).await.unwrap();
+    let r = api.get("/v1/nodes").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let listed = &r.body["data"][0];
+    assert_eq!((listed["id"].as_str(), listed["host"].as_str()), (Some("n1"), Some("box")));
+    assert!(listed["seen_ms_ago"].as_i64().unwrap() < 10_000, "{listed}");
+}
 
 async fn customer_lifecycle_with_etags(t: TestStore) {
     let api = Api::new(&t);

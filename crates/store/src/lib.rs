@@ -19,6 +19,7 @@ pub mod history;
 mod idempotency;
 pub mod inbox;
 mod migrate;
+pub mod nodes;
 mod sync;
 pub mod testing;
 
@@ -44,6 +45,7 @@ pub use dialect::Dialect;
 pub use history::{links_json, DeliveryHistory, RecordHistory, TimelineEntry};
 pub use idempotency::{KeyClaim, StoredResponse, IDEMPOTENCY_TTL_MS};
 pub use inbox::{InboxEvent, InboxOutcome, InwardWrite, NewInboxEvent};
+pub use nodes::Node;
 pub use sync::{
     client_writer, ChangePage, ItemConflict, ItemError, ItemOutcome, ItemStatus, LosingSide, PullPage, PulledRecord,
     SyncBatch, SyncItem, Winner,

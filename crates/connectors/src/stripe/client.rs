@@ -3,6 +3,7 @@
 //! limit is per account), and Stripe's error body turned into a readable failure.
 //! Retriability is not decided here but in `retry`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -50,13 +51,19 @@ pub struct StripeClient {
     http: reqwest::Client,
     /// Earliest time the next request may start (a token bucket of burst 1).
     next_slot: tokio::sync::Mutex<Instant>,
-    interval: Duration,
+    /// Spacing between requests in nanoseconds; changes with this node's share of
+    /// the limit (`set_rate`).
+    interval_ns: AtomicU64,
 }
 
 /// Requests are spaced for this fraction of the configured rate: spacing at
 /// exactly the limit lets network jitter put one request too many into the
 /// server's one-second window (a 429, and a pause for `Retry-After`).
 const PACING_MARGIN: f64 = 0.97;
+
+fn interval_ns(rate: f64) -> u64 {
+    Duration::from_secs_f64(1.0 / (rate * PACING_MARGIN)).as_nanos() as u64
+}
 
 /// Form body as ordered pairs, e.g. `("metadata[syncflow_id]", "cust_…")`.
 pub type Form = Vec<(String, String)>;
@@ -80,8 +87,13 @@ impl StripeClient {
             secret_key,
             http,
             next_slot: tokio::sync::Mutex::new(Instant::now()),
-            interval: Duration::from_secs_f64(1.0 / (rate * PACING_MARGIN)),
+            interval_ns: AtomicU64::new(interval_ns(rate)),
         })
+    }
+
+    /// Paces at `rate` requests per second from the next request on.
+    pub fn set_rate(&self, rate: f64) {
+        self.interval_ns.store(interval_ns(rate), Ordering::Relaxed);
     }
 
     /// Waits for this request's turn under the rate limit.
@@ -90,7 +102,7 @@ impl StripeClient {
             let mut slot = self.next_slot.lock().await;
             let now = Instant::now();
             let start = (*slot).max(now);
-            *slot = start + self.interval;
+            *slot = start + Duration::from_nanos(self.interval_ns.load(Ordering::Relaxed));
             start - now
         };
         if !wait.is_zero() {

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 pub use config::StripeConfig;
 
-use crate::{Connector, Inward, Outcome, PushRequest};
+use crate::{Connector, Inward, Outcome, PushRequest, RateShare};
 
 pub struct StripeConnector {
     system: String,
@@ -83,5 +83,10 @@ impl Connector for StripeConnector {
     fn push_timeout(&self) -> Option<Duration> {
         // A push may wait for its turn under the pacer, then take up to the timeout.
         Some(self.timeout)
+    }
+
+    fn set_rate_share(&self, share: RateShare) {
+        // One pacer covers pushes, polls and backfill: all of it runs at the share.
+        self.client.set_rate(share.rate(self.rate));
     }
 }
