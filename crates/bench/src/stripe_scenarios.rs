@@ -157,7 +157,7 @@ pub async fn two_nodes(env: Env, quick: bool) -> Result<Row> {
         backend: String::new(),
         result: format!("2 nodes: {used:.1} % of 100 req/s used, {throttled_pct:.2} % answered 429 ({n} customers, {requests} requests, nothing lost)"),
         goal: "≥ 95 % of limit, ≤ 0.1 % 429",
-        met: Some(used >= 95.0 && used <= 100.0 && throttled_pct <= 0.1),
+        met: Some((95.0..=100.0).contains(&used) && throttled_pct <= 0.1),
         data: json!({"changes": n, "nodes": 2, "seconds": secs, "requests": requests, "throttled": throttled,
                      "limit_used_pct": used, "throttled_pct": throttled_pct, "customers_in_stripe": after.customers}),
     })
