@@ -151,14 +151,13 @@ impl Engine {
     }
 }
 
-/// Pauses the system's bucket until `until` (ms), once per distinct pause.
+/// Pauses the system's bucket until `until` (ms). A pause overlapping one already
+/// applied only adds the part past it, so a batch of 429s (or this node's own pause
+/// read back from the table) does not stack up.
 fn pause_until(system: &System, until: i64) {
     let before = system.throttled_until.fetch_max(until, Ordering::SeqCst);
-    if until <= before {
-        return;
-    }
-    let left = until - now_ms();
-    if let (Some(limiter), true) = (&system.limiter, left > 0) {
-        limiter.lock().unwrap_or_else(|e| e.into_inner()).pause(Duration::from_millis(left as u64));
+    let extra = until - before.max(now_ms());
+    if let (Some(limiter), true) = (&system.limiter, extra > 0) {
+        limiter.lock().unwrap_or_else(|e| e.into_inner()).pause(Duration::from_millis(extra as u64));
     }
 }
