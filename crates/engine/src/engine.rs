@@ -297,7 +297,10 @@ impl Engine {
         let batch = system.connector.max_batch().max(1);
         let mut wake = self.store.subscribe();
         let mut in_flight = JoinSet::new();
-        self.wait_joined().await;
+        if system.limiter.is_some() {
+            // A shared limit: start once the other nodes have made room.
+            self.wait_joined().await;
+        }
         while !*shutdown.borrow() {
             while in_flight.try_join_next().is_some() {}
             let paused = match self.store.paused_systems().await {

@@ -4,8 +4,8 @@
 //! the system for all (`system_throttles`); a system's poller runs on the node that
 //! holds its poll lease.
 //!
-//! Invariants kept here: a node that finds others works only after each of them
-//! has had one heartbeat period to count it (so a joining node never adds its share
+//! Invariants kept here: a node that finds others pushes to a rate-limited system
+//! only after each of them has had one heartbeat period to count it (so a joining node never adds its share
 //! on top of full shares); a node that stops heart-beating is dropped after the timeout, and
 //! the others take its share at their next heartbeat.
 
