@@ -64,7 +64,7 @@ pub enum BackfillError {
     Remote(String),
 }
 
-enum Done {
+pub(crate) enum Done {
     Created,
     Linked,
     LinkedBefore,
@@ -129,7 +129,7 @@ impl Pipeline {
         let mut failed = false;
         for obj in &page.objects {
             p.seen += 1;
-            let id = obj["id"].as_str().unwrap_or_default().to_string();
+            let id = object_id(obj).unwrap_or_default().to_string();
             match self.import_one(entity, obj).await {
                 Ok(done) => count(p, done),
                 Err(e) => {
@@ -146,10 +146,10 @@ impl Pipeline {
         Ok((last_good, page.next, failed))
     }
 
-    async fn import_one(&self, entity: &'static Entity, obj: &Value) -> Result<Done, BackfillError> {
+    pub(crate) async fn import_one(&self, entity: &'static Entity, obj: &Value) -> Result<Done, BackfillError> {
         let inward = self.external();
         let store = self.store();
-        let external_id = obj["id"].as_str().ok_or_else(|| BackfillError::Remote("object without id".into()))?;
+        let external_id = object_id(obj).ok_or_else(|| BackfillError::Remote("object without id".into()))?;
         if store.link_by_external_id(self.system(), entity.name, external_id).await?.is_some() {
             return Ok(Done::LinkedBefore);
         }
@@ -290,4 +290,9 @@ fn count(p: &mut Progress, done: Done) {
         Done::LinkedBefore => p.linked_before += 1,
         Done::InFlight => p.in_flight += 1,
     }
+}
+
+/// An external object's id: `id` (Stripe and most APIs) or `Id` (Salesforce).
+pub(crate) fn object_id(obj: &Value) -> Option<&str> {
+    obj["id"].as_str().or_else(|| obj["Id"].as_str()).filter(|s| !s.is_empty())
 }

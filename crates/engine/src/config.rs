@@ -31,6 +31,10 @@ pub struct SystemConfig {
     /// per-field exceptions (`[systems.field_policies]`, e.g. `email = "manual"`).
     pub conflict_policy: MergePolicy,
     pub field_policies: BTreeMap<String, MergePolicy>,
+    /// `reconcile_interval`, `reconcile_grace`, `auto_repair`.
+    pub reconcile: crate::reconcile::ReconcileSettings,
+    /// `mass_delete_*`: when inward deletions are held.
+    pub breaker: crate::breaker::BreakerSettings,
     /// The connector's own settings.
     pub settings: toml::Table,
 }
@@ -139,6 +143,8 @@ impl SystemConfig {
             &format!("a table of field = policy ({POLICIES})"),
         )?
         .unwrap_or_default();
+        let reconcile = crate::reconcile::ReconcileSettings::take(&mut t).map_err(invalid)?;
+        let breaker = crate::breaker::BreakerSettings::take(&mut t).map_err(invalid)?;
         Ok(SystemConfig {
             name,
             kind,
@@ -154,6 +160,8 @@ impl SystemConfig {
             callback_secret,
             conflict_policy,
             field_policies,
+            reconcile,
+            breaker,
             settings: t,
         })
     }

@@ -183,8 +183,13 @@ impl Engine {
         for system in &self.systems {
             tasks.spawn(self.clone().worker(system.clone(), shutdown.clone(), record.clone()));
             tasks.spawn(self.clone().renewer(system.clone(), shutdown.clone()));
-            if system.pipeline.is_some() {
+            if let Some(pipeline) = &system.pipeline {
                 tasks.spawn(self.clone().poller(system.clone(), shutdown.clone()));
+                if system.config.reconcile.interval.is_some() {
+                    let entities =
+                        system.config.entities.iter().filter_map(|e| syncflow_core::Entity::by_name(e)).collect();
+                    tasks.spawn(crate::reconcile::sweep(pipeline.clone(), entities, shutdown.clone()));
+                }
             }
         }
         tasks

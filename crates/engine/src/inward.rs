@@ -134,6 +134,8 @@ pub struct Pipeline {
     /// Striped by external object id: applies of one object take turns in this
     /// process (other nodes are fenced by the inbox lease and version checks).
     turns: Vec<tokio::sync::Mutex<()>>,
+    /// Deletions applied recently, for the mass-delete breaker.
+    deletes: crate::breaker::DeleteWindow,
 }
 
 impl Pipeline {
@@ -141,11 +143,15 @@ impl Pipeline {
     pub fn new(store: Store, config: SystemConfig, connector: Arc<dyn Connector>) -> Option<Pipeline> {
         connector.inward()?;
         let turns = (0..APPLY_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
-        Some(Pipeline { store, config, connector, turns })
+        Some(Pipeline { store, config, connector, turns, deletes: Default::default() })
     }
 
     pub fn system(&self) -> &str {
         &self.config.name
+    }
+
+    pub fn config(&self) -> &SystemConfig {
+        &self.config
     }
 
     fn inward(&self) -> &dyn Inward {
@@ -378,6 +384,13 @@ impl Pipeline {
         }
         let hub_now = inward.hub_view(entity, &record.fields);
         if seen.deleted {
+            let breaker = &self.config.breaker;
+            if let Some(why) =
+                crate::breaker::check(&self.store, breaker, &self.deletes, row, entity.name, &record.id, external_id)
+                    .await?
+            {
+                return Ok((InboxOutcome::Ignored, Some(format!("held by the mass-delete breaker: {why}"))));
+            }
             let snapshot =
                 SyncSnapshot { external: None, hub: Some(hub_now), at: snap.at.clone(), pushed: BTreeSet::new() };
             let write = self.write(row, InboxOutcome::Applied, &remarks, external_id, &snapshot, &mapped, Vec::new());

@@ -6,12 +6,15 @@
 //! where another stopped.
 
 pub mod backfill;
+mod breaker;
 pub mod config;
 mod engine;
 pub mod inward;
 mod log;
 pub mod policy;
+pub mod reconcile;
 
+pub use breaker::BreakerSettings;
 pub use config::SystemConfig;
 pub use engine::{ClusterSettings, Engine, EngineError};
 pub use inward::{InwardError, Pipeline, PollReport, WebhookError, WebhookReceipt};

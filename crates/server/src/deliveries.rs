@@ -49,6 +49,7 @@ pub(crate) fn delivery_json(d: &Delivery) -> Value {
 async fn systems(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let stats = state.store.queue_stats().await?;
     let paused = state.store.paused_systems().await?;
+    let held = state.store.held_counts().await?;
     let head = state.store.head_seq().await?;
     let cursor = state.store.dispatch_cursor().await?;
     // Only changes some system will receive count as lag: with no systems, or
@@ -67,6 +68,9 @@ async fn systems(State(state): State<AppState>) -> Result<Json<Value>, ApiError>
                 "kind": s.kind,
                 "entities": s.entities,
                 "paused": paused.contains(&s.name),
+                // Deletions the mass-delete breaker holds (flagged until released or discarded).
+                "held_deletions": held.get(&s.name).copied().unwrap_or(0),
+                "flagged": held.contains_key(&s.name),
                 "rate_limit": s.rate_limit,
                 "concurrency": s.concurrency,
                 "max_attempts": s.max_attempts,

@@ -18,6 +18,7 @@ mod nodes;
 mod openapi;
 mod openapi_ops;
 mod ops;
+mod reconcile;
 mod seed;
 mod stream;
 mod sync;
@@ -159,6 +160,7 @@ pub fn router(state: AppState) -> Router {
         .merge(deliveries::routes())
         .merge(conflicts::routes())
         .merge(nodes::routes())
+        .merge(reconcile::routes())
         .merge(sync::routes())
         .merge(seed::routes())
         .merge(stream::routes())

@@ -96,6 +96,52 @@ pub(crate) fn add(paths: &mut Map<String, Value>, schemas: &mut Map<String, Valu
         json!({"get": with(ops("Engines sharing this database (heartbeats; silent nodes are dropped)"), vec![],
             json!({"200": list_of("nodes", json!({"$ref": "#/components/schemas/Node"}))}))}),
     );
+    schemas.insert(
+        "ReconcileRun".into(),
+        json!({"type": "object", "properties": {
+            "id": {"type": "integer"}, "system": {"type": "string"}, "entity": {"type": "string"},
+            "trigger": {"type": "string", "enum": ["cli", "schedule", "api"]}, "repair": {"type": "boolean"},
+            "status": {"type": "string", "enum": ["running", "completed", "failed"]},
+            "counts": {"type": "object", "description": "checked, in_flight, missing_remote, missing_local, field_drift, orphan_link, duplicate, repaired, repair_failed"},
+            "samples": {"type": "array", "items": {"type": "object"}}, "api_calls": {"type": ["integer", "null"]},
+            "error": {"type": ["string", "null"]}, "started_at": {"type": "string", "format": "date-time"},
+            "duration_ms": {"type": ["integer", "null"]}}}),
+    );
+    schemas.insert(
+        "Hold".into(),
+        json!({"type": "object", "properties": {
+            "id": {"type": "integer"}, "system": {"type": "string"}, "entity": {"type": "string"},
+            "record_id": {"type": "string"}, "external_id": {"type": "string"}, "inbox_id": {"type": "integer"},
+            "status": {"type": "string", "enum": ["held", "released", "discarded"]}, "reason": {"type": "string"}}}),
+    );
+    let run = json!({"$ref": "#/components/schemas/ReconcileRun"});
+    let hold = json!({"$ref": "#/components/schemas/Hold"});
+    paths.insert(
+        "/v1/reconcile/runs".into(),
+        json!({"get": with(ops("Reconcile runs, newest first"), vec![param("system", "query", "system name"),
+                param("before", "query", "run id (paging)"), param("limit", "query", "1–200")],
+            json!({"200": list_of("runs", run.clone()), "400": error("bad filter")}))}),
+    );
+    paths.insert(
+        "/v1/reconcile/runs/{id}".into(),
+        json!({"get": with(ops("One reconcile run"), vec![id.clone()],
+            json!({"200": one("the run", run), "404": error("no such run")}))}),
+    );
+    paths.insert(
+        "/v1/holds".into(),
+        json!({"get": with(ops("Deletions held by the mass-delete breaker"), vec![param("system", "query", "system name"),
+                param("status", "query", "held (default), released, discarded or all"), param("limit", "query", "1–1000")],
+            json!({"200": list_of("holds", hold.clone()), "400": error("bad filter")}))}),
+    );
+    for (action, summary) in
+        [("release", "Apply a held deletion"), ("discard", "Drop a held deletion: the hub keeps the record")]
+    {
+        paths.insert(
+            format!("/v1/holds/{{id}}/{action}"),
+            json!({"post": with(ops(summary), vec![id.clone()],
+                json!({"200": one("the hold", hold.clone()), "404": error("no such hold"), "409": error("not held any more")}))}),
+        );
+    }
     paths.insert(
         "/v1/inbox".into(),
         json!({"get": with(ops("Inward events of a system, oldest first"), vec![

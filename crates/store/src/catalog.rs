@@ -325,6 +325,28 @@ impl Store {
         }
     }
 
+    /// Appends a `resync:<system>` change of the record as it stands (a tombstone
+    /// yields a delete), so the dispatcher re-pushes its state to that system only:
+    /// reconciliation's repair of what a system lost. `NotFound` without the record.
+    pub async fn resync(&self, entity: &'static Entity, id: &str, system: &str) -> Result<Record> {
+        let origin = format!("{}{system}", crate::deliveries::RESYNC_PREFIX);
+        let record = on_write!(self, |pool, d| {
+            let mut tx = pool.begin().await?;
+            let row =
+                sqlx::query(&select_one_sql(entity, d, true)).bind(id.to_string()).fetch_optional(&mut *tx).await?;
+            let record = match row {
+                Some(row) => decode_record(entity, &row)?,
+                None => return Err(StoreError::NotFound),
+            };
+            let op = if record.deleted_at.is_some() { Op::Delete } else { Op::Upsert };
+            append_change!(tx, d, &record, op, origin);
+            tx.commit().await?;
+            record
+        });
+        self.notify_written(entity.name, &origin);
+        Ok(record)
+    }
+
     async fn create_inner(
         &self,
         entity: &'static Entity,

@@ -20,6 +20,7 @@ mod idempotency;
 pub mod inbox;
 mod migrate;
 pub mod nodes;
+pub mod reconcile;
 mod sync;
 pub mod testing;
 
@@ -46,6 +47,7 @@ pub use history::{links_json, DeliveryHistory, RecordHistory, TimelineEntry};
 pub use idempotency::{KeyClaim, StoredResponse, IDEMPOTENCY_TTL_MS};
 pub use inbox::{InboxEvent, InboxOutcome, InwardWrite, NewInboxEvent};
 pub use nodes::Node;
+pub use reconcile::{Hold, ReconcileRun, RunEnd};
 pub use sync::{
     client_writer, ChangePage, ItemConflict, ItemError, ItemOutcome, ItemStatus, LosingSide, PullPage, PulledRecord,
     SyncBatch, SyncItem, Winner,

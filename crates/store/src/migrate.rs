@@ -25,6 +25,7 @@ const SQLITE: &[Migration] = migrations!("sqlite":
     5 "delivery_queue_index" "0005_delivery_queue_index.sql",
     6 "sync_pipeline" "0006_sync_pipeline.sql",
     7 "idempotency_keys" "0007_idempotency_keys.sql",
+    8 "reconcile" "0008_reconcile.sql",
     9 "cluster" "0009_cluster.sql",
 );
 
@@ -36,6 +37,7 @@ const POSTGRES: &[Migration] = migrations!("postgres":
     5 "delivery_queue_index" "0005_delivery_queue_index.sql",
     6 "sync_pipeline" "0006_sync_pipeline.sql",
     7 "idempotency_keys" "0007_idempotency_keys.sql",
+    8 "reconcile" "0008_reconcile.sql",
     9 "cluster" "0009_cluster.sql",
 );
 

@@ -5,6 +5,7 @@ mod backfill;
 mod config;
 mod demo;
 mod ops;
+mod reconcile;
 mod sandbox;
 
 use std::net::SocketAddr;
@@ -108,6 +109,21 @@ enum Command {
         /// Start from the beginning instead of where the last run stopped.
         #[arg(long)]
         restart: bool,
+    },
+    /// Compare a system with the hub: records missing on either side, fields that
+    /// drifted, orphan links, duplicates (exit status 1 when drift is left).
+    Reconcile {
+        #[command(flatten)]
+        db: DbArgs,
+        /// The `[[systems]]` name to reconcile (a two-way system).
+        #[arg(long)]
+        system: String,
+        /// Only this entity (default: the system's entities).
+        #[arg(long)]
+        entity: Option<String>,
+        /// Heal what is found through ordinary deliveries and inward applies.
+        #[arg(long)]
+        repair: bool,
     },
     /// Write a commented starter configuration file.
     Init {
@@ -266,6 +282,14 @@ fn run(cli: Cli) -> Result<()> {
                         let store = db.open_existing(&config).await?;
                         ops::known_system(&store, &config, &system).await?;
                         backfill::run(store, &config, &system, direction, restart).await
+                    }
+                    Command::Reconcile { db, system, entity, repair } => {
+                        if !config_loaded {
+                            bail!("no config file loaded (--config): reconcile needs the [[systems]] block `{system}`");
+                        }
+                        let store = db.open_existing(&config).await?;
+                        ops::known_system(&store, &config, &system).await?;
+                        reconcile::run(store, &config, &system, entity.as_deref(), repair).await
                     }
                     Command::Init { .. } => unreachable!("handled above"),
                 }

@@ -1,0 +1,41 @@
+-- Reconciliation and the mass-delete breaker: each reconcile run is a row (counts
+-- per drift class, samples, API calls, duration); inward deletions the breaker
+-- held are rows an operator releases or discards.
+
+CREATE TABLE reconcile_runs (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    system       TEXT NOT NULL,
+    entity       TEXT NOT NULL,
+    -- 'cli', 'schedule' or 'api'.
+    trigger      TEXT NOT NULL,
+    repair       INTEGER NOT NULL DEFAULT 0,
+    -- 'running', 'completed' or 'failed'.
+    status       TEXT NOT NULL,
+    -- JSON: {"checked": n, "in_flight": n, "missing_remote": n, ..., "repaired": n}.
+    counts       TEXT NOT NULL DEFAULT '{}',
+    -- JSON array of {"class", "external_id", "record_id", "fields", "repair"}.
+    samples      TEXT NOT NULL DEFAULT '[]',
+    api_calls    INTEGER,
+    error        TEXT,
+    started_at   INTEGER NOT NULL,
+    finished_at  INTEGER,
+    duration_ms  INTEGER
+);
+CREATE INDEX reconcile_runs_system ON reconcile_runs (system, id);
+
+CREATE TABLE holds (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    system       TEXT NOT NULL,
+    entity       TEXT NOT NULL,
+    record_id    TEXT NOT NULL,
+    external_id  TEXT NOT NULL,
+    -- The inbox row of the held deletion (settled 'ignored' while held).
+    inbox_id     INTEGER NOT NULL,
+    -- 'held', 'released' (applied) or 'discarded' (the hub keeps the record).
+    status       TEXT NOT NULL,
+    reason       TEXT NOT NULL,
+    created_at   INTEGER NOT NULL,
+    settled_at   INTEGER
+);
+CREATE INDEX holds_status ON holds (system, status);
+CREATE UNIQUE INDEX holds_inbox ON holds (inbox_id);
