@@ -325,11 +325,12 @@ impl Store {
         }
     }
 
-    /// Appends a `resync:<system>` change of the record as it stands (a tombstone
-    /// yields a delete), so the dispatcher re-pushes its state to that system only:
-    /// reconciliation's repair of what a system lost. `NotFound` without the record.
+    /// Appends a `reconcile:<system>` change of the record as it stands (a tombstone
+    /// yields a delete), so the dispatcher re-pushes its state to that system only,
+    /// in the bulk lane: reconciliation's repair of what a system lost. `NotFound`
+    /// without the record.
     pub async fn resync(&self, entity: &'static Entity, id: &str, system: &str) -> Result<Record> {
-        let origin = format!("{}{system}", crate::deliveries::RESYNC_PREFIX);
+        let origin = format!("{}{system}", crate::deliveries::RECONCILE_PREFIX);
         let record = on_write!(self, |pool, d| {
             let mut tx = pool.begin().await?;
             let row =

@@ -241,9 +241,24 @@ pub(crate) const UPSERT_LINK: &str = "INSERT INTO links (entity, record_id, syst
 /// (`resync:stripe`): a conflict the hub won, an operator's resolution.
 pub const RESYNC_PREFIX: &str = "resync:";
 
+/// Origin of a change that re-pushes a record's state to one system as bulk work
+/// (`reconcile:stripe`): routed like `resync:`, delivered in the bulk lane.
+pub const RECONCILE_PREFIX: &str = "reconcile:";
+
+/// Priority lanes: a system's claims take live changes first, then retries, then
+/// bulk work (reconcile repairs); a delivery moves to the retry lane on its first
+/// retry. Per-record order still holds across lanes (only a record's head is claimed).
+pub const LANE_LIVE: i64 = 0;
+pub const LANE_RETRY: i64 = 1;
+pub const LANE_BULK: i64 = 2;
+
 const INSERT_DELIVERY: &str = "INSERT INTO deliveries (change_seq, system, kind, subject_id, entity, record_id, \
      ordering_key, op, status, next_attempt_at, created_at, updated_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $9, $9) ON CONFLICT DO NOTHING";
+/// `INSERT_DELIVERY` with a lane ($10).
+const INSERT_DELIVERY_LANE: &str = "INSERT INTO deliveries (change_seq, system, kind, subject_id, entity, record_id, \
+     ordering_key, op, status, next_attempt_at, created_at, updated_at, lane) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $9, $9, $10) ON CONFLICT DO NOTHING";
 
 impl Store {
     /// Creates deliveries for up to `batch` changes past the dispatch cursor and
@@ -277,11 +292,14 @@ impl Store {
                 let origin: String = row.try_get(4)?;
                 last = seq;
                 // `resync:<system>` re-pushes the record's state to that system only.
-                let only = origin.strip_prefix(RESYNC_PREFIX);
+                // `reconcile:<system>` likewise, in the bulk lane.
+                let bulk = origin.strip_prefix(RECONCILE_PREFIX);
+                let only = origin.strip_prefix(RESYNC_PREFIX).or(bulk);
+                let lane = if bulk.is_some() { LANE_BULK } else { LANE_LIVE };
                 for route in routes.iter().filter(|r| {
                     r.system != origin && only.is_none_or(|s| s == r.system) && r.entities.contains(&entity)
                 }) {
-                    created += sqlx::query(INSERT_DELIVERY)
+                    created += sqlx::query(INSERT_DELIVERY_LANE)
                         .bind(seq)
                         .bind(&route.system)
                         .bind(Kind::Change.as_str())
@@ -291,6 +309,7 @@ impl Store {
                         .bind(format!("{entity}/{record_id}"))
                         .bind(&op)
                         .bind(now)
+                        .bind(lane)
                         .execute(&mut *tx)
                         .await?
                         .rows_affected() as usize;
@@ -362,8 +381,8 @@ impl Store {
             let mut tx = pool.begin().await?;
             let skip_locked = if d == Dialect::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
             // The first status term repeats the predicate of the partial index
-            // `deliveries_unfinished` (migration 5) so both planners use it: the scan then
-            // walks unfinished rows in change order and stops after `limit`.
+            // `deliveries_lanes` (migration 8) so both planners use it: the scan then
+            // walks unfinished rows by lane, then change order, and stops after `limit`.
             let heads = sqlx::query(&format!(
                 "SELECT {DELIVERY_COLUMNS}, ordering_key FROM deliveries d
                  WHERE d.system = $1 AND d.status IN ('pending', 'retrying', 'in_flight')
@@ -372,7 +391,7 @@ impl Store {
                    AND NOT EXISTS (SELECT 1 FROM deliveries e
                         WHERE e.system = d.system AND e.ordering_key = d.ordering_key
                           AND e.change_seq < d.change_seq AND e.status IN {UNFINISHED})
-                 ORDER BY d.change_seq LIMIT $3{skip_locked}"
+                 ORDER BY d.lane, d.change_seq LIMIT $3{skip_locked}"
             ))
             .bind(system.to_string())
             .bind(now)
@@ -548,7 +567,8 @@ impl Store {
                 let updated = sqlx::query(
                     "UPDATE deliveries SET status = $3, next_attempt_at = $4, http_status = $5, \
                      external_id = COALESCE($6, external_id), remarks = $7, lease_owner = NULL, lease_until = NULL, \
-                     updated_at = $8, finished_at = $9 \
+                     updated_at = $8, finished_at = $9, \
+                     lane = CASE WHEN $3 = 'retrying' AND lane = 0 THEN 1 ELSE lane END \
                      WHERE id = $1 AND lease_owner = $2 AND status = 'in_flight' AND attempts = $10",
                 )
                 .bind(delivery.id)

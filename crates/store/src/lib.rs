@@ -40,7 +40,7 @@ pub use changes::ChangeQuery;
 pub use conflicts::{Conflict, ConflictFilter};
 pub use deliveries::{
     now_ms, Claimed, Delivery, DeliveryFilter, Finish, Link, LinkUpdate, QueueStats, Route, Status as DeliveryStatus,
-    RESYNC_PREFIX,
+    LANE_BULK, LANE_LIVE, LANE_RETRY, RECONCILE_PREFIX, RESYNC_PREFIX,
 };
 pub use dialect::Dialect;
 pub use history::{links_json, DeliveryHistory, RecordHistory, TimelineEntry};

@@ -39,3 +39,10 @@ CREATE TABLE holds (
 );
 CREATE INDEX holds_status ON holds (system, status);
 CREATE UNIQUE INDEX holds_inbox ON holds (inbox_id);
+
+-- Priority lanes: 0 live, 1 retry (from a delivery's first retry on), 2 bulk
+-- (reconcile repairs). A claim walks a system's unfinished rows by lane, then
+-- change order, through this index, and stops after a batch.
+ALTER TABLE deliveries ADD COLUMN lane INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX deliveries_lanes ON deliveries (system, lane, change_seq)
+    WHERE status IN ('pending', 'retrying', 'in_flight');
