@@ -123,14 +123,19 @@ backend_tests!(
     stripe_drift_is_found_by_class_and_healed_by_repair,
     a_salesforce_record_deleted_behind_the_hub_is_missing_remote_and_tombstoned_by_repair,
     a_mass_delete_in_salesforce_is_held_until_released_or_discarded,
+    the_scheduled_sweep_finds_and_auto_repairs_drift,
 );
 
 async fn stripe_world(t: &TestStore) -> (World, StripeSandbox) {
+    stripe_world_with(t, "").await
+}
+
+async fn stripe_world_with(t: &TestStore, extra: &str) -> (World, StripeSandbox) {
     let stripe = StripeSandbox::start("127.0.0.1:0".parse().unwrap(), StripeOptions::default()).await.unwrap();
     // No webhook endpoint registered: edits made in Stripe never reach the hub.
     let system = format!(
         "name = \"stripe\"\nkind = \"stripe\"\napi_base = \"{}\"\nsecret_key = \"{STRIPE_KEY}\"\napi_rate_limit = 1000\n\
-         reconcile_grace = \"0s\"\n",
+         reconcile_grace = \"0s\"\n{extra}",
         stripe.url()
     );
     (World::start(&t.store, &system).await, stripe)
@@ -307,5 +312,31 @@ async fn a_mass_delete_in_salesforce_is_held_until_released_or_discarded(t: Test
     }
     assert_eq!(w.get("/v1/holds?system=salesforce").await["data"].as_array().unwrap().len(), 0);
     assert_eq!(w.get("/v1/systems").await["data"][0]["flagged"], false);
+    w.stop().await;
+}
+
+async fn the_scheduled_sweep_finds_and_auto_repairs_drift(t: TestStore) {
+    let (w, stripe) = stripe_world_with(&t, "reconcile_interval = \"300ms\"\nauto_repair = true\n").await;
+    let id = w.customer("Sam Sweep").await;
+    let link = w.linked(&id).await;
+    w.quiet().await;
+    reqwest::Client::new()
+        .post(format!("{}/v1/customers/{}", stripe.url(), link.external_id))
+        .bearer_auth(STRIPE_KEY)
+        .form(&[("email", "sam@sweep.io")])
+        .send()
+        .await
+        .unwrap();
+    eventually!("the sweep's repair", {
+        let r = w.store.get(&CUSTOMER, &id).await.unwrap().unwrap();
+        (r.fields["email"] == "sam@sweep.io").then_some(())
+    });
+    // The run's row is finished just after its repairs.
+    let run = eventually!("the run that repaired", {
+        let runs = w.get("/v1/reconcile/runs?system=stripe&limit=50").await;
+        runs["data"].as_array().unwrap().iter().find(|r| r["counts"]["repaired"] == 1).cloned()
+    });
+    assert_eq!((run["trigger"].as_str(), run["repair"].as_bool()), (Some("schedule"), Some(true)));
+    assert_eq!(run["samples"][0]["fields"], json!(["email"]));
     w.stop().await;
 }
