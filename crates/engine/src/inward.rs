@@ -631,7 +631,12 @@ impl Pipeline {
             if !self.store.inbox_claim(row.id, APPLY_LEASE_MS).await? {
                 continue;
             }
-            match self.inward().parse_stored(&row.payload) {
+            let parsed = if row.source == "reconcile" {
+                crate::reconcile::stored_event(&row) // the object, not a connector event
+            } else {
+                self.inward().parse_stored(&row.payload)
+            };
+            match parsed {
                 Ok(event) => match self.settle(&row, &event).await {
                     Ok((outcome, _)) if outcome != InboxOutcome::Received => recovered += 1,
                     Ok(_) => {}

@@ -410,7 +410,24 @@ impl Pipeline {
             other => Err(format!("{}: {}", other.as_str(), row.remarks.unwrap_or_default())),
         }
     }
+}
 
+/// An inbox row written by a reconcile repair (its payload is the object itself),
+/// as the event it was: for recovery and replay.
+pub(crate) fn stored_event(row: &syncflow_store::InboxEvent) -> Result<InwardEvent, String> {
+    let entity = row.entity.as_deref().and_then(Entity::by_name).ok_or("reconcile event without an entity")?;
+    Ok(InwardEvent {
+        event_id: row.event_id.clone(),
+        event_type: row.event_type.clone(),
+        entity: Some(entity),
+        external_id: row.external_id.clone(),
+        occurred_at: row.event_created,
+        deleted: false,
+        object: serde_json::from_str(&row.payload).map_err(|e| e.to_string())?,
+    })
+}
+
+impl Pipeline {
     /// A link whose object the listing did not show: orphan, in flight, or (once a
     /// fetch confirms it is gone) missing_remote, returned for `settle_missing_remote`.
     async fn check_link(&self, run: &mut Run<'_>, link: Link) -> Result<Option<(Link, Record)>, ReconcileError> {
@@ -528,5 +545,36 @@ pub(crate) async fn sweep(
                 tracing::warn!(system = %pipeline.system(), entity = entity.name, error = %e, "reconcile failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use syncflow_store::{InboxEvent, InboxOutcome};
+
+    #[test]
+    fn a_stored_reconcile_event_reads_back_for_recovery() {
+        let row = InboxEvent {
+            id: 1,
+            system: "stripe".into(),
+            event_id: "reconcile:cus_1:abc".into(),
+            event_type: "customer.reconciled".into(),
+            entity: Some("customer".into()),
+            external_id: Some("cus_1".into()),
+            event_created: 42,
+            source: "reconcile".into(),
+            payload: r#"{"id":"cus_1","name":"Ada"}"#.into(),
+            outcome: InboxOutcome::Received,
+            record_id: None,
+            remarks: None,
+            received_at: 0,
+            settled_at: None,
+            attempts: 1,
+        };
+        let e = stored_event(&row).unwrap();
+        assert_eq!((e.entity.map(|e| e.name), e.occurred_at, e.deleted), (Some("customer"), 42, false));
+        assert_eq!(e.object["name"], "Ada");
+        assert!(stored_event(&InboxEvent { payload: "not json".into(), ..row }).is_err());
     }
 }
