@@ -6,6 +6,7 @@
 //! whatever it measures.
 
 mod hub;
+mod lane_scenarios;
 mod salesforce_scenarios;
 mod scenarios;
 mod stripe_scenarios;

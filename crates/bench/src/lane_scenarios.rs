@@ -1,0 +1,112 @@
+//! Priority lanes: live changes' commit → delivery latency while a bulk backlog
+//! (reconcile repairs, the bulk lane) drains to the same system at its rate limit,
+//! against the same figure on an idle system.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use serde_json::{json, Value};
+use syncflow_core::CUSTOMER;
+use syncflow_sandbox::Receiver;
+use syncflow_store::Store;
+
+use crate::hub::{percentile, Env, Hub};
+use crate::Row;
+
+/// Requests per second the system allows.
+const RATE: f64 = 100.0;
+
+fn config(receiver: &Receiver) -> String {
+    format!(
+        "[[systems]]\nname = \"sink\"\nkind = \"http\"\nurl = \"{}\"\nrate_limit = {RATE}\nconcurrency = 8\n",
+        receiver.url("/in")
+    )
+}
+
+/// Creates `n` live customers through the API, one every `gap`, and returns their
+/// commit → delivery latencies (ms) as the receiver saw them.
+async fn live_latencies(hub: &Hub, receiver: &Receiver, tag: &str, n: usize, gap: Duration) -> Result<Vec<f64>> {
+    for i in 0..n {
+        hub.post("/v1/customers", &json!({"name": format!("{tag} {i}")})).await?;
+        tokio::time::sleep(gap).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let lat = latencies(receiver, tag);
+        if lat.len() >= n {
+            return Ok(lat);
+        }
+        if Instant::now() > deadline {
+            bail!("only {} of {n} live changes delivered", lat.len());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sorted latencies (ms) of the changes the receiver got for records named `tag …`.
+fn latencies(receiver: &Receiver, tag: &str) -> Vec<f64> {
+    let log: Vec<(chrono::DateTime<chrono::Utc>, Value)> = receiver.received_log();
+    let mut lat: Vec<f64> = log
+        .iter()
+        .filter(|(_, body)| body["data"]["name"].as_str().is_some_and(|s| s.starts_with(tag)))
+        .filter_map(|(wall, body)| {
+            let created = chrono::DateTime::parse_from_rfc3339(body["change"]["created_at"].as_str()?).ok()?;
+            Some((*wall - created.with_timezone(&chrono::Utc)).num_microseconds()? as f64 / 1000.0)
+        })
+        .collect();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    lat
+}
+
+/// Records the system already has, each with a reconcile repair (the bulk lane).
+async fn seed(url: String, bulk: usize) -> Result<()> {
+    let store = Store::open(&url).await?;
+    for i in 0..bulk {
+        let body = json!({"name": format!("Bulk {i}")});
+        let r = store.create(&CUSTOMER, body.as_object().expect("object"), "sink").await?;
+        store.resync(&CUSTOMER, &r.id, "sink").await?;
+    }
+    store.close().await;
+    Ok(())
+}
+
+pub async fn live_under_bulk(env: Env, quick: bool) -> Result<Row> {
+    let bulk = if quick { 2_000 } else { 20_000 };
+    let live = if quick { 20 } else { 60 };
+    let gap = Duration::from_millis(250);
+    let receiver = Receiver::start(None, Duration::ZERO).await;
+
+    // Idle: live changes alone.
+    let hub = env.start(&config(&receiver))?;
+    let idle = live_latencies(&hub, &receiver, "Idle", live, gap).await?;
+    drop(hub);
+
+    // A bulk backlog, written on a blocking thread (the store's futures are not
+    // `Send` in every context the scenario table needs).
+    let url = env.database_url.clone();
+    tokio::task::spawn_blocking(move || tokio::runtime::Handle::current().block_on(seed(url, bulk))).await??;
+    let before = receiver.applied_count();
+    let hub = env.start(&config(&receiver))?;
+    tokio::time::sleep(Duration::from_secs(1)).await; // the drain is under way
+    let busy = live_latencies(&hub, &receiver, "Live", live, gap).await?;
+    let bulk_done = receiver.applied_count() - before - live;
+    drop(hub);
+    if bulk_done >= bulk {
+        bail!("the bulk backlog drained before the live changes were measured");
+    }
+    let (idle_p99, busy_p99, busy_max) =
+        (percentile(&idle, 99.0), percentile(&busy, 99.0), busy.last().copied().unwrap_or(f64::NAN));
+    let interval_ms = 1000.0 / RATE;
+    Ok(Row {
+        scenario: "live-under-bulk-lanes",
+        backend: String::new(),
+        result: format!(
+            "live p99 {busy_p99:.1} ms (max {busy_max:.1}) while {bulk} bulk repairs drain at {RATE}/s; idle p99 {idle_p99:.1} ms"
+        ),
+        goal: "live p99 ≤ idle p99 + 2 request intervals",
+        met: Some(busy_p99 <= idle_p99 + 2.0 * interval_ms),
+        data: json!({"bulk": bulk, "live": live, "rate_per_s": RATE, "idle_p99_ms": idle_p99,
+            "busy_p50_ms": percentile(&busy, 50.0), "busy_p99_ms": busy_p99, "busy_max_ms": busy_max,
+            "bulk_delivered_meanwhile": bulk_done}),
+    })
+}
