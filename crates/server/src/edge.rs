@@ -47,6 +47,7 @@ const NO_BODY_POSTS: &[&str] = &[
     "/v1/systems/{name}/replay",
     "/v1/systems/{name}/inbox/replay",
     "/v1/deliveries/{id}/retry",
+    "/v1/systems/{name}/reconcile",
     "/v1/holds/{id}/release",
     "/v1/holds/{id}/discard",
 ];

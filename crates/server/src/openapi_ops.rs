@@ -128,6 +128,13 @@ pub(crate) fn add(paths: &mut Map<String, Value>, schemas: &mut Map<String, Valu
             json!({"200": one("the run", run), "404": error("no such run")}))}),
     );
     paths.insert(
+        "/v1/systems/{name}/reconcile".into(),
+        json!({"post": with(ops("Start a reconcile run of a two-way system in the background"), vec![param("name", "path", "system name"),
+                param("repair", "query", "true: heal what is found"), param("entity", "query", "one entity only")],
+            json!({"202": one("started; the run shows in /v1/reconcile/runs", json!({"type": "object"})),
+                "400": error("not a two-way system, or a bad parameter"), "404": error("no such system")}))}),
+    );
+    paths.insert(
         "/v1/holds".into(),
         json!({"get": with(ops("Deletions held by the mass-delete breaker"), vec![param("system", "query", "system name"),
                 param("status", "query", "held (default), released, discarded or all"), param("limit", "query", "1–1000")],

@@ -17,6 +17,7 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/reconcile/runs", get(runs))
         .route("/v1/reconcile/runs/{id}", get(run))
+        .route("/v1/systems/{name}/reconcile", post(start))
         .route("/v1/holds", get(holds))
         .route("/v1/holds/{id}/release", post(|st: State<AppState>, id: Path<String>| settle(st, id, true)))
         .route("/v1/holds/{id}/discard", post(|st: State<AppState>, id: Path<String>| settle(st, id, false)))
@@ -55,6 +56,38 @@ async fn runs(State(state): State<AppState>, q: QueryMap) -> Result<Json<Value>,
 async fn run(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let r = state.store.reconcile_run(id_param("run", &id)?).await?;
     Ok(Json(run_json(&r.ok_or_else(|| ApiError::NotFound(format!("no run `{id}`")))?)))
+}
+
+/// Starts a reconcile run of a two-way system in the background (`?repair=true`
+/// to heal, `?entity=` for one entity); its row shows in `/v1/reconcile/runs`.
+async fn start(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    q: QueryMap,
+) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
+    let system = state.system(&name)?;
+    let pipeline = state.pipelines.get(&name).cloned().ok_or_else(|| {
+        ApiError::BadRequest(format!("`{name}` only receives changes; reconcile needs a two-way system"))
+    })?;
+    let repair = match q.get("repair") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(ApiError::BadRequest("`repair` must be true or false".into())),
+    };
+    let entities: Vec<&'static syncflow_core::Entity> = match q.get("entity") {
+        Some(e) if system.entities.iter().any(|x| x == e) => syncflow_core::Entity::by_name(e).into_iter().collect(),
+        Some(e) => return Err(ApiError::BadRequest(format!("`{name}` does not sync `{e}`"))),
+        None => system.entities.iter().filter_map(|e| syncflow_core::Entity::by_name(e)).collect(),
+    };
+    tokio::spawn(async move {
+        for entity in entities {
+            let opts = syncflow_engine::reconcile::ReconcileOptions { repair, trigger: "api" };
+            if let Err(e) = pipeline.reconcile(entity, opts, &mut |_| {}).await {
+                tracing::warn!(system = %pipeline.system(), error = %e, "reconcile failed");
+            }
+        }
+    });
+    Ok((axum::http::StatusCode::ACCEPTED, Json(json!({"system": name, "repair": repair, "started": true}))))
 }
 
 async fn holds(State(state): State<AppState>, q: QueryMap) -> Result<Json<Value>, ApiError> {

@@ -175,7 +175,17 @@ async fn stripe_drift_is_found_by_class_and_healed_by_repair(t: TestStore) {
     assert_eq!(drift[0]["changed_on"], "system");
     assert_eq!(class_of(&found, "missing_local")[0]["record_id"], ids[1].as_str(), "found by the hub id it carries");
     // The run is a row, and the API shows it.
-    let runs = w.get("/v1/reconcile/runs?system=stripe").await;
+    // Started through the API as well (in the background).
+    let (status, _) = w.post("/v1/systems/stripe/reconcile").await;
+    assert_eq!(status, 202);
+    let api_run = eventually!("the API's run", {
+        let runs = w.get("/v1/reconcile/runs?system=stripe").await;
+        let first = runs["data"][0].clone();
+        (first["trigger"] == "api" && first["status"] == "completed" && first["id"] != found.run_id).then_some(first)
+    });
+    assert_eq!((api_run["counts"]["field_drift"].as_u64(), api_run["repair"].as_bool()), (Some(1), Some(false)));
+    assert_eq!(w.post("/v1/systems/stripe/reconcile?repair=maybe").await.0, 400);
+    let runs = w.get(&format!("/v1/reconcile/runs?system=stripe&before={}", api_run["id"])).await;
     assert_eq!(runs["data"][0]["id"], found.run_id);
     assert_eq!(runs["data"][0]["counts"]["field_drift"], 1);
     let one = w.get(&format!("/v1/reconcile/runs/{}", found.run_id)).await;
