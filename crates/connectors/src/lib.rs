@@ -11,6 +11,7 @@
 //! conflicts, cursors) is the engine's (`syncflow_engine::inward`), written once.
 
 pub mod http;
+pub mod kafka;
 pub mod retry;
 pub mod salesforce;
 pub mod signature;
@@ -92,6 +93,12 @@ pub trait Connector: Send + Sync + 'static {
         None
     }
 
+    /// Kinds that publish the final outcome of every delivery (Kafka's status
+    /// topic) return where to; the engine feeds it from the store, after a cursor.
+    fn status_sink(&self) -> Option<Arc<dyn StatusSink>> {
+        None
+    }
+
     /// This node's part of the system's rate limit, set by the engine whenever the
     /// number of live nodes changes. Kinds whose client paces its own calls (polls
     /// and backfill as well as pushes) pace at `share.rate(their limit)`.
@@ -134,6 +141,61 @@ pub struct ApiUsage {
     pub used: u64,
     pub max: u64,
     pub budget: Option<u64>,
+}
+
+/// The final outcome of one delivery of a change to one system.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DeliveryOutcome {
+    pub delivery_id: i64,
+    pub change_seq: i64,
+    pub system: String,
+    pub entity: String,
+    pub record_id: String,
+    pub op: String,
+    /// `delivered`, `dead` or `skipped` (superseded by a newer change).
+    pub status: String,
+    pub attempts: i64,
+    pub http_status: Option<i64>,
+    pub external_id: Option<String>,
+    pub remarks: Option<String>,
+    /// RFC 3339, UTC.
+    pub finished_at: String,
+}
+
+/// Where delivery outcomes are published. `publish` returns `Ok` only once every
+/// outcome given is durable there (at-least-once: the engine's cursor moves after).
+#[async_trait::async_trait]
+pub trait StatusSink: Send + Sync {
+    async fn publish(&self, outcomes: &[DeliveryOutcome]) -> Result<(), RemoteError>;
+}
+
+/// A message read from a subscription (a topic's consumer group).
+#[derive(Debug, Clone)]
+pub struct SubscribedMessage {
+    /// Where it was read; a unique, stable name (the inbox key when the message
+    /// names no event id of its own).
+    pub position: String,
+    /// The message as stored in the inbox (read back by `Inward::parse_stored`).
+    pub payload: String,
+    /// The event, or why the message cannot be read (recorded `rejected`).
+    pub event: Result<InwardEvent, String>,
+}
+
+/// Events the system pushes to us over a log, read by the engine one at a time:
+/// `next`, record in the inbox, then `done` — a position is committed only after
+/// its event is durable.
+#[async_trait::async_trait]
+pub trait Subscription: Send + Sync {
+    async fn next(&self) -> Result<SubscribedMessage, RemoteError>;
+
+    /// The message is durable in the inbox: its position may be committed.
+    fn done(&self, message: &SubscribedMessage) -> Result<(), RemoteError>;
+
+    /// The message was settled `rejected` or `dead`: forward it (a dead-letter
+    /// topic). Best effort; the inbox row is the record.
+    async fn reject(&self, _message: &SubscribedMessage, _why: &str) -> Result<(), RemoteError> {
+        Ok(())
+    }
 }
 
 /// One event of an external system, parsed by its connector.
@@ -262,6 +324,18 @@ pub trait Inward: Send + Sync {
 
     /// Objects of `entity` from `after` on, for backfill.
     async fn list_objects(&self, entity: &'static Entity, after: Option<&str>) -> Result<ObjectPage, RemoteError>;
+
+    /// A subscription the engine reads events from (a topic), for kinds that
+    /// push events over a log; `None`: webhooks and polling only.
+    async fn subscribe(&self) -> Result<Option<Box<dyn Subscription>>, RemoteError> {
+        Ok(None)
+    }
+
+    /// Events of one object arrive in order (a log partitioned by object), so an
+    /// event in the same second as an applied one needs no re-fetch.
+    fn ordered(&self) -> bool {
+        false
+    }
 }
 
 /// Why a webhook request was refused.
@@ -287,7 +361,7 @@ pub enum ConfigError {
 }
 
 /// Kinds `build` knows.
-pub const KINDS: &[&str] = &["http", "salesforce", "stripe"];
+pub const KINDS: &[&str] = &["http", "kafka", "salesforce", "stripe"];
 
 /// Builds the connector of `kind` from its settings table.
 pub fn build(system: &str, kind: &str, settings: toml::Table) -> Result<Arc<dyn Connector>, ConfigError> {
@@ -295,6 +369,11 @@ pub fn build(system: &str, kind: &str, settings: toml::Table) -> Result<Arc<dyn 
     match kind {
         "http" => {
             let config: http::HttpConfig = settings.try_into().map_err(|e: toml::de::Error| invalid(e.to_string()))?;
+            Ok(Arc::new(config.build(system).map_err(invalid)?))
+        }
+        "kafka" => {
+            let config: kafka::KafkaConfig =
+                settings.try_into().map_err(|e: toml::de::Error| invalid(e.to_string()))?;
             Ok(Arc::new(config.build(system).map_err(invalid)?))
         }
         "stripe" => {
@@ -365,6 +444,6 @@ mod tests {
     #[test]
     fn unknown_kind_is_a_clear_error() {
         let err = build("crm", "fax", toml::Table::new()).err().unwrap();
-        assert_eq!(err.to_string(), "system `crm`: unknown kind `fax` (known: http, salesforce, stripe)");
+        assert_eq!(err.to_string(), "system `crm`: unknown kind `fax` (known: http, kafka, salesforce, stripe)");
     }
 }

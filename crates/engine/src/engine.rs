@@ -190,6 +190,10 @@ impl Engine {
                         system.config.entities.iter().filter_map(|e| syncflow_core::Entity::by_name(e)).collect();
                     tasks.spawn(crate::reconcile::sweep(pipeline.clone(), entities, shutdown.clone()));
                 }
+                tasks.spawn(crate::subscription::run(pipeline.clone(), shutdown.clone()));
+            }
+            if let Some(sink) = system.connector.status_sink() {
+                tasks.spawn(crate::status::run(self.store.clone(), system.config.name.clone(), sink, shutdown.clone()));
             }
         }
         tasks

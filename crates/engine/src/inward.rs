@@ -325,7 +325,8 @@ impl Pipeline {
                 .iter()
                 .any(|f| snap.pushed.contains(f) || snap.at.get(f) == Some(&event.occurred_at))
         });
-        let uncertain = last == Some(event.occurred_at) || (touches_pushed && !event.deleted);
+        // A log partitioned by object (Kafka) delivers its events in order: never uncertain.
+        let uncertain = !inward.ordered() && (last == Some(event.occurred_at) || (touches_pushed && !event.deleted));
         let seen = if uncertain {
             match inward.fetch(entity, external_id).await? {
                 Some(object) => Seen { deleted: false, object, at: event.occurred_at, fresh: true },

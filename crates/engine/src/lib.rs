@@ -13,6 +13,8 @@ pub mod inward;
 mod log;
 pub mod policy;
 pub mod reconcile;
+pub mod status;
+pub mod subscription;
 
 pub use breaker::BreakerSettings;
 pub use config::SystemConfig;

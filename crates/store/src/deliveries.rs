@@ -867,3 +867,28 @@ impl Store {
         })
     }
 }
+
+impl Store {
+    /// Change deliveries that reached a final outcome after the position
+    /// `(finished_at, id)` and no later than `until` (ms), oldest first: what a
+    /// status topic publishes. `until` a little in the past lets transactions that
+    /// stamped `finished_at` before committing become visible before the reader
+    /// passes them.
+    pub async fn finished_after(&self, after: (i64, i64), until: i64, limit: usize) -> Result<Vec<Delivery>> {
+        on_read!(self, |pool, _d| {
+            let rows = sqlx::query(&format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE kind = 'change' \
+                 AND status IN ('delivered', 'dead', 'skipped') AND finished_at IS NOT NULL \
+                 AND finished_at <= $3 AND (finished_at > $1 OR (finished_at = $1 AND id > $2)) \
+                 ORDER BY finished_at, id LIMIT $4"
+            ))
+            .bind(after.0)
+            .bind(after.1)
+            .bind(until)
+            .bind(limit as i64)
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(decode_delivery).collect()
+        })
+    }
+}
