@@ -92,6 +92,38 @@ impl KafkaSandbox {
         self.command(Command::Broker(up))
     }
 
+    /// A client of this cluster.
+    pub fn client(&self) -> KafkaClient {
+        KafkaClient::new(&self.bootstrap)
+    }
+
+    /// Publishes one message and waits for its delivery report.
+    pub async fn produce(&self, topic: &str, key: Option<&str>, value: &[u8], headers: &[(&str, &str)]) {
+        self.client().produce(topic, key, value, headers).await
+    }
+
+    /// Reads `topic` from the beginning until `done` holds for what was read (or
+    /// `timeout` passes), with a fresh consumer group.
+    pub async fn read(
+        &self,
+        topic: &str,
+        timeout: Duration,
+        done: impl Fn(&[KafkaMessage]) -> bool,
+    ) -> Vec<KafkaMessage> {
+        self.client().read(topic, timeout, done).await
+    }
+}
+
+/// Test helpers against any Kafka cluster (a sandbox in another process too).
+pub struct KafkaClient {
+    bootstrap: String,
+}
+
+impl KafkaClient {
+    pub fn new(bootstrap: &str) -> KafkaClient {
+        KafkaClient { bootstrap: bootstrap.to_string() }
+    }
+
     /// A producer for tests (acks=all).
     pub fn producer(&self) -> FutureProducer {
         ClientConfig::new()

@@ -7,7 +7,7 @@ pub mod receiver;
 pub mod salesforce;
 pub mod stripe;
 
-pub use kafka::{KafkaMessage, KafkaSandbox};
+pub use kafka::{KafkaClient, KafkaMessage, KafkaSandbox};
 pub use receiver::{Receiver, Reply};
 pub use salesforce::{SalesforceOptions, SalesforceSandbox, SalesforceStats};
 pub use stripe::{StripeOptions, StripeSandbox};

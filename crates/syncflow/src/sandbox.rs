@@ -1,13 +1,13 @@
 //! `syncflow sandbox <system>`: runs one of the loopback stand-ins as a process, so
 //! any client (curl, a script, another hub) can be pointed at it. The first line of
-//! output is the address to use; Ctrl-C stops it.
+//! output is the address to use (for Kafka: the bootstrap servers); Ctrl-C stops it.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use syncflow_sandbox::salesforce::{SalesforceOptions, SalesforceSandbox};
-use syncflow_sandbox::{Receiver, StripeOptions, StripeSandbox};
+use syncflow_sandbox::{KafkaSandbox, Receiver, StripeOptions, StripeSandbox};
 
 #[derive(clap::Subcommand)]
 pub enum Sandbox {
@@ -31,6 +31,16 @@ pub enum Sandbox {
         /// The org's daily API allowance.
         #[arg(long, default_value_t = 100_000)]
         daily_limit: u64,
+    },
+    /// A Kafka cluster: librdkafka's mock cluster on 127.0.0.1 (the real wire
+    /// protocol, in memory) for `kind = "kafka"` systems and `kcat`.
+    Kafka {
+        /// Number of brokers.
+        #[arg(long, default_value_t = 1)]
+        brokers: i32,
+        /// Topics to create first, as NAME or NAME:PARTITIONS (others are auto-created).
+        #[arg(long = "topic")]
+        topics: Vec<String>,
     },
     /// A JSON receiver for `kind = "http"` systems (verifies `Syncflow-Signature` with --secret).
     Receiver {
@@ -60,6 +70,14 @@ pub async fn run(which: Sandbox) -> Result<()> {
                 "Salesforce sandbox: login_url and instance_url are the address above; POST /services/oauth2/token"
             );
         }
+        Sandbox::Kafka { brokers, topics } => {
+            let kafka = kafka(brokers, &topics)?;
+            println!("{}", kafka.bootstrap());
+            eprintln!("Kafka mock cluster ({brokers} broker(s), in memory); point `brokers` or kcat -b at it");
+            tokio::signal::ctrl_c().await?;
+            tokio::task::spawn_blocking(move || drop(kafka)).await?;
+            return Ok(());
+        }
         Sandbox::Receiver { listen, secret } => {
             let r = Receiver::start_on(listen, secret.as_deref(), Duration::ZERO)
                 .await
@@ -70,4 +88,19 @@ pub async fn run(which: Sandbox) -> Result<()> {
     }
     tokio::signal::ctrl_c().await?;
     Ok(())
+}
+
+fn kafka(brokers: i32, topics: &[String]) -> Result<KafkaSandbox> {
+    if !(1..=16).contains(&brokers) {
+        bail!("--brokers must be 1 to 16");
+    }
+    let kafka = KafkaSandbox::start(brokers).map_err(|e| anyhow!("starting the mock cluster: {e}"))?;
+    for t in topics {
+        let (name, partitions) = match t.split_once(':') {
+            Some((n, p)) => (n, p.parse().map_err(|_| anyhow!("--topic {t}: partitions must be a number"))?),
+            None => (t.as_str(), 1),
+        };
+        kafka.create_topic(name, partitions).map_err(|e| anyhow!("creating topic {name}: {e}"))?;
+    }
+    Ok(kafka)
 }
