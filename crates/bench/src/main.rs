@@ -8,6 +8,7 @@
 mod hub;
 mod lane_scenarios;
 mod salesforce_scenarios;
+mod kafka_scenarios;
 mod scenarios;
 mod stripe_scenarios;
 

@@ -37,6 +37,7 @@ pub const ALL: &[Scenario] = &[
         name: "salesforce-backlog-calls",
         run: |e, q| Box::pin(crate::salesforce_scenarios::backlog_calls(e, q)),
     },
+    Scenario { name: "kafka-outward", run: |e, q| Box::pin(crate::kafka_scenarios::outward(e, q)) },
 ];
 
 fn http_system(name: &str, receiver: &Receiver, extra: &str) -> String {
@@ -48,7 +49,7 @@ fn http_system(name: &str, receiver: &Receiver, extra: &str) -> String {
 
 /// Creates `n` customers through the API with `concurrency` clients; returns when
 /// all are committed.
-async fn create_customers(hub: &Hub, n: usize, concurrency: usize) -> Result<Duration> {
+pub async fn create_customers(hub: &Hub, n: usize, concurrency: usize) -> Result<Duration> {
     let started = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();

@@ -277,6 +277,19 @@ log_format = "text"
 # Link what both sides already hold, once: syncflow --config syncflow.toml backfill --system salesforce
 # (see docs/salesforce.md; metadata keys map to custom fields under [systems.fields])
 #
+# A Kafka cluster: changes out (key <entity>/<id>), delivery outcomes out, events
+# in (see docs/kafka.md; `syncflow sandbox kafka` runs a local stand-in).
+# [[systems]]
+# name = "bus"
+# kind = "kafka"
+# brokers = "127.0.0.1:9092"
+# topic = "syncflow.changes"          # may contain {entity}
+# status_topic = "syncflow.delivery-status"
+# inbound_topic = "crm.events"
+# dead_letter_topic = "crm.events.dead"
+# [systems.librdkafka]                # any librdkafka property
+# "sasl.password" = "${KAFKA_PASSWORD}"
+#
 # Sync clients (POST /v1/sync, GET /v1/stream): one block per app or device, each
 # with its own token; the client id comes from the token. `entities` limits what
 # it may sync and stream (all when absent); `conflict_policy` is the default for

@@ -153,3 +153,36 @@ impl KafkaConfig {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Result<KafkaConfig, toml::de::Error> {
+        toml::from_str(&format!("brokers = \"127.0.0.1:9\"\n{extra}"))
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let c = config("[librdkafka]\n\"sasl.password\" = \"hunter2\"\n\"sasl.username\" = \"hub\"").unwrap();
+        let text = format!("{c:?}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("hub"));
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_a_reason() {
+        let err = |extra: &str| config(extra).unwrap().build("bus").err().unwrap();
+        assert!(err("topic = \"a b\"").contains("not a valid topic name"));
+        assert!(err("status_topic = \"s.{entity}\"").contains("cannot use {entity}"));
+        assert!(err("inbound_topic = \"x\"\nstatus_topic = \"x\"").contains("must differ"));
+        assert!(err("[librdkafka]\n\"no.such.property\" = 1").contains("cannot create the Kafka producer"));
+        assert!(config("colour = \"red\"").is_err(), "unknown keys are refused");
+        let ok = config("topic = \"hub.{entity}.changes\"").unwrap().build("bus").unwrap();
+        assert_eq!(message_topic(&ok), "hub.{entity}.changes");
+    }
+
+    fn message_topic(c: &KafkaConnector) -> &str {
+        &c.topic
+    }
+}

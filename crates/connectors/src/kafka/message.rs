@@ -163,6 +163,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_documented_schema_names_the_envelope_fields() {
+        let schema: Value = serde_json::from_str(include_str!("../../../../docs/kafka-envelope.schema.json")).unwrap();
+        let change = syncflow_core::Change {
+            seq: 41,
+            entity: "customer".into(),
+            record_id: "cust_1".into(),
+            op: syncflow_core::Op::Upsert,
+            version: 3,
+            origin: "api".into(),
+            snapshot: json!({"id": "cust_1", "name": "Ada"}),
+            created_at: "2026-12-02T06:00:00.000000Z".into(),
+        };
+        let req = PushRequest { delivery_id: 12, attempt: 1, change: &change, link: None };
+        let value: Value = serde_json::from_slice(&change_value(&req)).unwrap();
+        let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+        let required = |v: &Value| {
+            v["required"].as_array().unwrap().iter().map(|k| k.as_str().unwrap().to_string()).collect::<Vec<_>>()
+        };
+        assert_eq!(keys(&value), required(&schema));
+        assert_eq!(keys(&value["change"]), required(&schema["properties"]["change"]));
+        let headers = change_headers(&req);
+        assert_eq!(headers[0], ("id", "41".to_string()));
+        assert_eq!(headers[1], ("syncflow-origin", "api".to_string()));
+    }
+
+    #[test]
     fn positions_round_trip() {
         assert_eq!(position("in.events", 3, 42), "in.events/3/42");
         assert_eq!(parse_position("in.events/3/42"), Some(("in.events", 3, 42)));
