@@ -26,7 +26,11 @@ pub async fn outward(env: Env, quick: bool) -> Result<Row> {
     let n = if quick { 5_000 } else { 20_000 };
     let kafka = KafkaSandbox::start(1).map_err(|e| anyhow!(e))?;
     kafka.create_topic("syncflow.changes", 6).map_err(|e| anyhow!(e))?;
-    let config = format!("[[systems]]\nname = \"bus\"\nkind = \"kafka\"\nbrokers = \"{}\"\n", kafka.bootstrap());
+    // 32 batches of up to 256 in flight: the store's claim and finish, not the broker, set the pace.
+    let config = format!(
+        "[[systems]]\nname = \"bus\"\nkind = \"kafka\"\nbrokers = \"{}\"\nconcurrency = 32\n",
+        kafka.bootstrap()
+    );
     let hub = env.start(&config)?;
     hub.post("/v1/systems/bus/pause", &json!({})).await?;
     crate::scenarios::create_customers(&hub, n, 32).await?;

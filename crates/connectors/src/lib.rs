@@ -93,6 +93,12 @@ pub trait Connector: Send + Sync + 'static {
         None
     }
 
+    /// Whether `push` reads `PushRequest::link`; kinds that never do (a topic) spare
+    /// the engine one link read per delivery.
+    fn uses_links(&self) -> bool {
+        true
+    }
+
     /// Kinds that publish the final outcome of every delivery (Kafka's status
     /// topic) return where to; the engine feeds it from the store, after a cursor.
     fn status_sink(&self) -> Option<Arc<dyn StatusSink>> {

@@ -417,6 +417,7 @@ impl Engine {
         let mut links = Vec::with_capacity(chunk.len());
         for c in &chunk {
             links.push(match c.delivery.kind {
+                Kind::Change if !system.connector.uses_links() => Ok(None),
                 Kind::Change => {
                     self.store.link(&c.delivery.entity, &c.delivery.record_id, name).await.map_err(|e| e.to_string())
                 }

@@ -3,21 +3,23 @@
 //! only when the engine says the message is durable in the inbox (`done`). A
 //! crash before that re-reads the message; the inbox drops the repeat.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::ClientConfig;
 
 use super::message::{self, parse_inbound, parse_position};
+use super::Producer;
 use crate::{RemoteError, SubscribedMessage, Subscription};
 
 pub(crate) struct KafkaSubscription {
     system: String,
     consumer: StreamConsumer,
     dead_letter_topic: Option<String>,
-    producer: FutureProducer,
+    producer: Arc<Producer>,
 }
 
 impl KafkaSubscription {
@@ -26,7 +28,7 @@ impl KafkaSubscription {
         config: &ClientConfig,
         topic: &str,
         dead_letter_topic: Option<String>,
-        producer: FutureProducer,
+        producer: Arc<Producer>,
     ) -> Result<Self, RemoteError> {
         let consumer: StreamConsumer =
             config.create().map_err(|e| RemoteError(format!("{system}: cannot create the Kafka consumer: {e}")))?;
@@ -70,9 +72,12 @@ impl Subscription for KafkaSubscription {
             ("syncflow-system", self.system.clone()),
         ]);
         let record = FutureRecord::to(topic).key(&msg.position).payload(&msg.payload).headers(h);
-        match self.producer.send(record, Duration::from_secs(5)).await {
+        match self.producer.get().send(record, Duration::from_secs(5)).await {
             Ok(_) => Ok(()),
-            Err((e, _)) => Err(RemoteError(format!("dead-letter topic {topic}: {e}"))),
+            Err((e, _)) => {
+                self.producer.renew_if_fatal(&self.system, &e);
+                Err(RemoteError(format!("dead-letter topic {topic}: {e}")))
+            }
         }
     }
 }

@@ -16,7 +16,7 @@ mod consumer;
 pub mod message;
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -37,12 +37,44 @@ use crate::{
 /// Deliveries one `push_batch` publishes together (all in flight at once).
 pub const MAX_BATCH: usize = 500;
 
+/// The shared producer, replaced when librdkafka reports a fatal error (an
+/// idempotent producer that lost its sequence state refuses every later message).
+pub(crate) struct Producer {
+    config: ClientConfig,
+    current: Mutex<FutureProducer>,
+}
+
+impl Producer {
+    fn new(config: ClientConfig) -> Result<Producer, String> {
+        let p = config.create().map_err(|e| format!("cannot create the Kafka producer: {e}"))?;
+        Ok(Producer { config, current: Mutex::new(p) })
+    }
+
+    pub(crate) fn get(&self) -> FutureProducer {
+        self.current.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// After a fatal error: a fresh producer (new producer id) for the next attempt.
+    pub(crate) fn renew_if_fatal(&self, system: &str, e: &KafkaError) {
+        if e.rdkafka_error_code() != Some(RDKafkaErrorCode::Fatal) {
+            return;
+        }
+        match self.config.create::<FutureProducer>() {
+            Ok(p) => {
+                tracing::warn!(system, error = %e, "Kafka producer hit a fatal error; replaced it");
+                *self.current.lock().unwrap_or_else(|e| e.into_inner()) = p;
+            }
+            Err(e) => tracing::error!(system, error = %e, "cannot recreate the Kafka producer"),
+        }
+    }
+}
+
 pub struct KafkaConnector {
     system: String,
     topic: String,
     inbound_topic: Option<String>,
     dead_letter_topic: Option<String>,
-    producer: FutureProducer,
+    producer: Arc<Producer>,
     consumer_config: ClientConfig,
     message_timeout: Duration,
     status: Option<Arc<StatusPublisher>>,
@@ -60,9 +92,9 @@ impl KafkaConnector {
         consumer_config: ClientConfig,
         message_timeout: Duration,
     ) -> Result<Self, String> {
-        let producer: FutureProducer =
-            producer_config.create().map_err(|e| format!("cannot create the Kafka producer: {e}"))?;
-        let status = status_topic.map(|topic| Arc::new(StatusPublisher { producer: producer.clone(), topic }));
+        let producer = Arc::new(Producer::new(producer_config)?);
+        let status = status_topic
+            .map(|topic| Arc::new(StatusPublisher { system: system.to_string(), producer: producer.clone(), topic }));
         Ok(KafkaConnector {
             system: system.to_string(),
             topic,
@@ -121,6 +153,8 @@ impl Connector for KafkaConnector {
     /// Enqueues every message first (librdkafka batches them per partition), then
     /// waits for each delivery report.
     async fn push_batch(&self, reqs: &[PushRequest<'_>]) -> Vec<Outcome> {
+        let producer = self.producer.get();
+        let mut fatal = None;
         let mut pending = Vec::with_capacity(reqs.len());
         for req in reqs {
             let c = req.change;
@@ -129,9 +163,13 @@ impl Connector for KafkaConnector {
             let value = message::change_value(req);
             let record =
                 FutureRecord::to(&topic).key(&key).payload(&value).headers(headers(&message::change_headers(req)));
-            pending.push(match self.producer.send_result(record) {
+            pending.push(match producer.send_result(record) {
                 Ok(delivery) => Ok((topic, delivery)),
-                Err((e, _)) => Err(classify(&self.system, &e)),
+                Err((e, _)) => {
+                    let outcome = classify(&self.system, &e);
+                    fatal = fatal.or(Some(e));
+                    Err(outcome)
+                }
             });
         }
         let mut out = Vec::with_capacity(reqs.len());
@@ -144,7 +182,11 @@ impl Connector for KafkaConnector {
                         external_id: Some(message::position(&topic, d.partition, d.offset)),
                         link: None,
                     },
-                    Ok(Err((e, _))) => classify(&self.system, &e),
+                    Ok(Err((e, _))) => {
+                        let outcome = classify(&self.system, &e);
+                        fatal = fatal.or(Some(e));
+                        outcome
+                    }
                     Err(_) => Outcome::Retry {
                         http_status: None,
                         reason: format!("{}: the producer dropped the message", self.system),
@@ -153,7 +195,14 @@ impl Connector for KafkaConnector {
                 },
             });
         }
+        if let Some(e) = fatal {
+            self.producer.renew_if_fatal(&self.system, &e);
+        }
         out
+    }
+
+    fn uses_links(&self) -> bool {
+        false
     }
 
     fn inward(&self) -> Option<&dyn Inward> {
@@ -172,28 +221,34 @@ impl Connector for KafkaConnector {
 
 /// Publishes delivery outcomes to the status topic.
 struct StatusPublisher {
-    producer: FutureProducer,
+    system: String,
+    producer: Arc<Producer>,
     topic: String,
 }
 
 #[async_trait::async_trait]
 impl StatusSink for StatusPublisher {
     async fn publish(&self, outcomes: &[DeliveryOutcome]) -> Result<(), RemoteError> {
+        let producer = self.producer.get();
+        let failed = |e: KafkaError| {
+            self.producer.renew_if_fatal(&self.system, &e);
+            RemoteError(format!("status topic {}: {e}", self.topic))
+        };
         let mut pending = Vec::with_capacity(outcomes.len());
         for o in outcomes {
             let key = message::key(&o.entity, &o.record_id);
             let value = message::status_value(o);
             let h = headers(&[("id", message::status_id(o)), ("content-type", message::CONTENT_TYPE.into())]);
             let record = FutureRecord::to(&self.topic).key(&key).payload(&value).headers(h);
-            match self.producer.send_result(record) {
+            match producer.send_result(record) {
                 Ok(delivery) => pending.push(delivery),
-                Err((e, _)) => return Err(RemoteError(format!("status topic {}: {e}", self.topic))),
+                Err((e, _)) => return Err(failed(e)),
             }
         }
         for delivery in pending {
             match delivery.await {
                 Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(RemoteError(format!("status topic {}: {e}", self.topic))),
+                Ok(Err((e, _))) => return Err(failed(e)),
                 Err(_) => return Err(RemoteError(format!("status topic {}: message dropped", self.topic))),
             }
         }
