@@ -6,9 +6,9 @@
 //! whatever it measures.
 
 mod hub;
+mod kafka_scenarios;
 mod lane_scenarios;
 mod salesforce_scenarios;
-mod kafka_scenarios;
 mod scenarios;
 mod stripe_scenarios;
 

@@ -178,6 +178,7 @@ fn request_timeout(system: &str, kind: &str, settings: &toml::Table) -> Result<D
             message: "`timeout` must be a duration like \"10s\"".into(),
         }),
         None if kind == "stripe" => Ok(syncflow_connectors::stripe::config::DEFAULT_TIMEOUT),
+        None if kind == "kafka" => Ok(syncflow_connectors::kafka::config::push_timeout_of(settings)),
         None => Ok(syncflow_connectors::http::DEFAULT_TIMEOUT),
     }
 }
@@ -251,5 +252,9 @@ mod tests {
         assert!(err("name = \"s\"\nkind = \"stripe\"\nlease = \"15s\"").is_some(), "stripe's default is 20s");
         assert_eq!(err("name = \"crm\"\nkind = \"http\"\nlease = \"3s\"\ntimeout = \"2500ms\""), None);
         assert_eq!(err("name = \"crm\"\nkind = \"http\""), None, "defaults: 60s lease, 10s timeout");
+        // Kafka: librdkafka's message.timeout.ms (default 30 s) plus 5 s.
+        assert!(err("name = \"k\"\nkind = \"kafka\"\nlease = \"30s\"").is_some(), "kafka's default push is 35s");
+        let short = "name = \"k\"\nkind = \"kafka\"\nlease = \"7s\"\n[librdkafka]\n\"message.timeout.ms\" = 1000";
+        assert_eq!(err(short), None);
     }
 }

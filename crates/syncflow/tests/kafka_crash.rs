@@ -23,10 +23,11 @@ async fn kill_mid_publish(database_env: &[(&str, &str)]) {
     let kafka = KafkaSandbox::start(1).unwrap();
     kafka.create_topic("syncflow.changes", 3).unwrap();
     let dir = temp_dir();
-    // Slow batches (linger) and one at a time, so the kill lands between them.
+    // Slow batches (linger) and one at a time, so the kill lands between them; a
+    // short message timeout allows a short lease (it must outlast a push).
     let config = format!(
-        "[[systems]]\nname = \"bus\"\nkind = \"kafka\"\nbrokers = \"{}\"\nlease = \"2s\"\nconcurrency = 1\n\
-         [systems.librdkafka]\n\"linger.ms\" = 200\n",
+        "[[systems]]\nname = \"bus\"\nkind = \"kafka\"\nbrokers = \"{}\"\nlease = \"7s\"\nconcurrency = 1\n\
+         [systems.librdkafka]\n\"linger.ms\" = 200\n\"message.timeout.ms\" = 1000\n",
         kafka.bootstrap()
     );
     std::fs::write(Path::new(&dir).join("syncflow.toml"), config).unwrap();

@@ -16,6 +16,24 @@ pub const DEFAULT_TOPIC: &str = "syncflow.changes";
 /// unless the librdkafka table says otherwise.
 const DEFAULT_MESSAGE_TIMEOUT_MS: u64 = 30_000;
 
+/// The longest one push may take: librdkafka gives up on a message after
+/// `message.timeout.ms`, plus a margin for the delivery report to arrive.
+pub fn push_timeout(message_timeout: Duration) -> Duration {
+    message_timeout + Duration::from_secs(5)
+}
+
+/// `push_timeout` read from a `[[systems]]` table of kind `kafka` (for the engine's
+/// lease check, before the connector is built).
+pub fn push_timeout_of(settings: &toml::Table) -> Duration {
+    let ms = settings
+        .get("librdkafka")
+        .and_then(|t| t.get("message.timeout.ms"))
+        .and_then(|v| v.as_integer().or_else(|| v.as_str().and_then(|s| s.parse().ok())))
+        .and_then(|ms| u64::try_from(ms).ok())
+        .unwrap_or(DEFAULT_MESSAGE_TIMEOUT_MS);
+    push_timeout(Duration::from_millis(ms))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {

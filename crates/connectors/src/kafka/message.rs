@@ -72,7 +72,7 @@ pub fn parse_position(position: &str) -> Option<(&str, i32, i64)> {
 pub fn parse_inbound(bytes: &[u8], fallback_id: &str, timestamp: i64) -> Result<(InwardEvent, String), String> {
     let value: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
     let Value::Object(mut msg) = value else { return Err("not a JSON object".into()) };
-    if !msg.get("event_id").is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty())) {
+    if msg.get("event_id").is_none_or(|v| v.as_str().is_none_or(str::is_empty)) {
         msg.insert("event_id".into(), Value::String(fallback_id.to_string()));
     }
     let at = match msg.get("occurred_at") {

@@ -210,8 +210,7 @@ impl Connector for KafkaConnector {
     }
 
     fn push_timeout(&self) -> Option<Duration> {
-        // librdkafka gives up on a message after `message.timeout.ms`.
-        Some(self.message_timeout + Duration::from_secs(5))
+        Some(config::push_timeout(self.message_timeout))
     }
 
     fn status_sink(&self) -> Option<Arc<dyn StatusSink>> {
