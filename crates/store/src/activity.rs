@@ -68,7 +68,9 @@ impl Store {
         now_ms: i64,
         minutes: usize,
     ) -> Result<BTreeMap<String, Vec<MinuteActivity>>> {
-        let since = now_ms - minutes as i64 * 60_000;
+        // The window is (now - minutes, now]: an attempt made in the very millisecond of
+        // `now_ms` falls in the last bucket, not one past it.
+        let since = now_ms - minutes as i64 * 60_000 + 1;
         let rows = on_read!(self, |pool, _d| {
             sqlx::query(
                 "SELECT d.system, (a.at - $1) / 60000, COUNT(*), \
