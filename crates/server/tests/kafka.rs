@@ -5,58 +5,18 @@
 //! delivered and a dead outcome; a customer from the inbound topic reaches Stripe
 //! and the receiver but is not published back to the changes topic.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use serde_json::{json, Value};
-use syncflow_engine::{Engine, SystemConfig};
 use syncflow_sandbox::{KafkaMessage, KafkaSandbox, Receiver, Reply, StripeOptions, StripeSandbox};
-use syncflow_server::{router, ApiTokens, AppState};
 use syncflow_store::testing::TestStore;
 use syncflow_store::{backend_tests, Delivery, DeliveryFilter, DeliveryStatus, Store};
-use tokio::sync::watch;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-struct Hub {
-    url: String,
-    stop: watch::Sender<bool>,
-    tasks: tokio::task::JoinSet<()>,
-}
-
-impl Hub {
-    async fn start(store: &Store, systems_toml: &str) -> Hub {
-        #[derive(serde::Deserialize)]
-        struct File {
-            systems: Vec<toml::Table>,
-        }
-        let file: File = toml::from_str(systems_toml).unwrap();
-        let configs: Vec<SystemConfig> =
-            file.systems.into_iter().map(|t| SystemConfig::from_table(t).unwrap()).collect();
-        let engine = Arc::new(Engine::new(store.clone(), configs.clone()).unwrap());
-        let (stop, rx) = watch::channel(false);
-        let mut tasks = engine.spawn(rx.clone());
-        let app = router(
-            AppState::new(store.clone(), ApiTokens::default()).with_systems(configs).with_pipelines(engine.pipelines()),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let mut until = rx;
-        tasks.spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = until.wait_for(|s| *s).await;
-                })
-                .await;
-        });
-        Hub { url, stop, tasks }
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.send(true);
-        while self.tasks.join_next().await.is_some() {}
-    }
-}
+use common::hub::RunningHub as Hub;
 
 async fn deliveries_until(store: &Store, what: &str, pred: impl Fn(&[Delivery]) -> bool) -> Vec<Delivery> {
     let deadline = Instant::now() + WAIT;

@@ -7,73 +7,41 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::hub::RunningHub;
+
 use serde_json::{json, Value};
 use syncflow_core::CUSTOMER;
 use syncflow_engine::reconcile::{ReconcileOptions, ReconcileReport};
-use syncflow_engine::{Engine, Pipeline, SystemConfig};
+use syncflow_engine::Pipeline;
 use syncflow_sandbox::salesforce::{SalesforceOptions, SalesforceSandbox};
 use syncflow_sandbox::{StripeOptions, StripeSandbox};
-use syncflow_server::{router, ApiTokens, AppState};
 use syncflow_store::testing::TestStore;
 use syncflow_store::{backend_tests, DeliveryFilter, Store};
-use tokio::sync::watch;
 
 const STRIPE_KEY: &str = "sk_test_reconcile";
-
-/// Evaluates `$probe` (an `Option`) until it is `Some`, for 30 s at most.
-macro_rules! eventually {
-    ($what:expr, $probe:expr) => {{
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(v) = $probe {
-                break v;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {}", $what);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }};
-}
 
 struct World {
     store: Store,
     url: String,
+    hub: RunningHub,
     pipeline: Arc<Pipeline>,
     http: reqwest::Client,
-    stop: watch::Sender<bool>,
-    tasks: tokio::task::JoinSet<()>,
 }
 
 impl World {
     /// A hub with one system, described by its `[[systems]]` block.
     async fn start(store: &Store, system: &str) -> World {
-        let table: toml::Table = toml::from_str(system).unwrap();
-        let config = SystemConfig::from_table(table).unwrap();
-        let name = config.name.clone();
-        let engine = Arc::new(Engine::new(store.clone(), vec![config.clone()]).unwrap());
-        let (stop, rx) = watch::channel(false);
-        let mut tasks = engine.spawn(rx.clone());
-        let pipeline = engine.pipelines().remove(&name).unwrap();
-        let app = router(
-            AppState::new(store.clone(), ApiTokens::default())
-                .with_systems(vec![config])
-                .with_pipelines(engine.pipelines()),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let mut until = rx;
-        tasks.spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = until.wait_for(|s| *s).await;
-                })
-                .await;
-        });
-        World { store: store.clone(), url, pipeline, http: reqwest::Client::new(), stop, tasks }
+        let hub = RunningHub::start(store, &format!("[[systems]]\n{system}")).await;
+        let name = hub.engine.systems().next().unwrap().name.clone();
+        let pipeline = hub.engine.pipelines().remove(&name).unwrap();
+        let url = hub.url.clone();
+        World { store: store.clone(), url, hub, pipeline, http: reqwest::Client::new() }
     }
 
-    async fn stop(mut self) {
-        let _ = self.stop.send(true);
-        while self.tasks.join_next().await.is_some() {}
+    async fn stop(self) {
+        self.hub.stop().await;
     }
 
     async fn get(&self, path: &str) -> Value {

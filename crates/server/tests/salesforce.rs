@@ -4,45 +4,30 @@
 //! any one of them reaches the other two through the hub, never back to itself.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod common;
+
+use common::hub::RunningHub;
 
 use serde_json::{json, Value};
 use syncflow_core::CUSTOMER;
-use syncflow_engine::{Engine, SystemConfig};
 use syncflow_sandbox::salesforce::{SalesforceOptions, SalesforceSandbox};
 use syncflow_sandbox::{Receiver, StripeOptions, StripeSandbox};
-use syncflow_server::{router, ApiTokens, AppState};
 use syncflow_store::testing::TestStore;
 use syncflow_store::{backend_tests, DeliveryFilter, DeliveryStatus, Store};
-use tokio::sync::watch;
 
 const STRIPE_KEY: &str = "sk_test_nway";
 const WHSEC: &str = "whsec_nway";
 
-/// Evaluates `$probe` (an `Option`) until it is `Some`, for 30 s at most.
-macro_rules! eventually {
-    ($what:expr, $probe:expr) => {{
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(v) = $probe {
-                break v;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {}", $what);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }};
-}
-
 struct World {
     store: Store,
     url: String,
+    hub: RunningHub,
     stripe: StripeSandbox,
     sf: SalesforceSandbox,
     warehouse: Receiver,
     http: reqwest::Client,
-    stop: watch::Sender<bool>,
-    tasks: tokio::task::JoinSet<()>,
 }
 
 impl World {
@@ -67,36 +52,14 @@ impl World {
             sf.url(),
             warehouse.url("/warehouse")
         );
-        #[derive(serde::Deserialize)]
-        struct File {
-            systems: Vec<toml::Table>,
-        }
-        let file: File = toml::from_str(&systems).unwrap();
-        let configs: Vec<SystemConfig> =
-            file.systems.into_iter().map(|t| SystemConfig::from_table(t).unwrap()).collect();
-        let engine = Arc::new(Engine::new(store.clone(), configs.clone()).unwrap());
-        let (stop, rx) = watch::channel(false);
-        let mut tasks = engine.spawn(rx.clone());
-        let app = router(
-            AppState::new(store.clone(), ApiTokens::default()).with_systems(configs).with_pipelines(engine.pipelines()),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let mut until = rx;
-        tasks.spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = until.wait_for(|s| *s).await;
-                })
-                .await;
-        });
+        let hub = RunningHub::start(store, &systems).await;
+        let url = hub.url.clone();
         stripe.add_webhook("hub", &format!("{url}/webhooks/stripe"), WHSEC);
-        World { store: store.clone(), url, stripe, sf, warehouse, http: reqwest::Client::new(), stop, tasks }
+        World { store: store.clone(), url, hub, stripe, sf, warehouse, http: reqwest::Client::new() }
     }
 
-    async fn stop(mut self) {
-        let _ = self.stop.send(true);
-        while self.tasks.join_next().await.is_some() {}
+    async fn stop(self) {
+        self.hub.stop().await;
     }
 
     async fn stripe_post(&self, path: &str, form: &[(&str, &str)]) -> Value {

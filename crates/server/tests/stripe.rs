@@ -10,7 +10,11 @@
 //! the previous one's last event is at least two seconds old.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod common;
+
+use common::hub::RunningHub;
 
 use serde_json::{json, Map, Value};
 use syncflow_connectors::signature;
@@ -22,30 +26,14 @@ use syncflow_engine::backfill::Direction;
 use syncflow_engine::Pipeline;
 use syncflow_engine::{Engine, SystemConfig};
 use syncflow_sandbox::{Receiver, StripeOptions, StripeSandbox};
-use syncflow_server::{router, ApiTokens, AppState};
 use syncflow_store::testing::TestStore;
 use syncflow_store::{backend_tests, DeliveryFilter, InboxEvent, InboxOutcome, Store};
-use tokio::sync::watch;
 
 const SECRET_KEY: &str = "sk_test_syncflow";
 const WEBHOOK_SECRET: &str = "whsec_syncflow_test";
 
 fn obj(v: Value) -> Map<String, Value> {
     v.as_object().unwrap().clone()
-}
-
-/// Evaluates `$probe` (an `Option`) until it is `Some`, for 20 s at most.
-macro_rules! eventually {
-    ($what:expr, $probe:expr) => {{
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(v) = $probe {
-                break v;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {}", $what);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }};
 }
 
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -133,45 +121,21 @@ struct Hub {
     store: Store,
     url: String,
     http: reqwest::Client,
-    stop: watch::Sender<bool>,
-    tasks: tokio::task::JoinSet<()>,
+    running: RunningHub,
 }
 
 impl Hub {
     async fn start(store: &Store, systems_toml: &str) -> Hub {
-        #[derive(serde::Deserialize)]
-        struct File {
-            systems: Vec<toml::Table>,
-        }
-        let file: File = toml::from_str(systems_toml).unwrap();
-        let configs: Vec<SystemConfig> =
-            file.systems.into_iter().map(|t| SystemConfig::from_table(t).unwrap()).collect();
-        let engine = Arc::new(Engine::new(store.clone(), configs.clone()).unwrap());
-        let (stop, rx) = watch::channel(false);
-        let mut tasks = engine.spawn(rx.clone());
-        let app = router(
-            AppState::new(store.clone(), ApiTokens::default()).with_systems(configs).with_pipelines(engine.pipelines()),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let mut until = rx;
-        tasks.spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = until.wait_for(|s| *s).await;
-                })
-                .await;
-        });
-        Hub { store: store.clone(), url, http: reqwest::Client::new(), stop, tasks }
+        let running = RunningHub::start(store, systems_toml).await;
+        Hub { store: store.clone(), url: running.url.clone(), http: reqwest::Client::new(), running }
     }
 
     fn webhook_url(&self) -> String {
         format!("{}/webhooks/stripe", self.url)
     }
 
-    async fn stop(mut self) {
-        let _ = self.stop.send(true);
-        while self.tasks.join_next().await.is_some() {}
+    async fn stop(self) {
+        self.running.stop().await;
     }
 
     /// POSTs a webhook body with the given `Stripe-Signature` (if any).

@@ -11,6 +11,8 @@ use syncflow_server::{router, ApiTokens, AppState, ClientSpec, Clients, LiveSett
 use syncflow_store::testing::TestStore;
 use tower::ServiceExt;
 
+pub mod hub;
+
 /// Full-access token used by `App::admin_*`.
 pub const ADMIN: &str = "admin-token";
 
