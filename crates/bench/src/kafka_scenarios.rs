@@ -32,7 +32,7 @@ pub async fn outward(env: Env, quick: bool) -> Result<Row> {
         kafka.bootstrap()
     );
     let hub = env.start(&config)?;
-    hub.post("/v1/systems/bus/pause", &json!({})).await?;
+    hub.post("/v1/systems/bus/pause", &serde_json::Value::Null).await?;
     crate::scenarios::create_customers(&hub, n, 32).await?;
     let deadline = Instant::now() + Duration::from_secs(300);
     while queue(&hub, "bus").await? != (0, n as i64, 0) {
@@ -42,7 +42,7 @@ pub async fn outward(env: Env, quick: bool) -> Result<Row> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let started = Instant::now();
-    hub.post("/v1/systems/bus/resume", &json!({})).await?;
+    hub.post("/v1/systems/bus/resume", &serde_json::Value::Null).await?;
     loop {
         let (_, depth, dead) = queue(&hub, "bus").await?;
         if dead > 0 {

@@ -1,8 +1,6 @@
 //! A 20,000-change backlog drained into the Salesforce sandbox: how many API calls
 //! (sObject Collections of up to 200 upserts) it takes, with nothing lost and no 403.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -28,27 +26,7 @@ pub async fn backlog_calls(env: Env, quick: bool) -> Result<Row> {
     );
     let hub = env.start(&system)?;
     hub.post("/v1/systems/salesforce/pause", &Value::Null).await?;
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..32 {
-        let (next, client, url) = (next.clone(), hub.client.clone(), hub.url("/v1/customers"));
-        tasks.spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    return Ok::<(), anyhow::Error>(());
-                }
-                let body = json!({"name": format!("Backlog {i}"), "email": format!("b{i}@example.com")});
-                let r = client.post(&url).json(&body).send().await?;
-                if !r.status().is_success() {
-                    bail!("create failed: {}", r.status());
-                }
-            }
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        r??;
-    }
+    crate::scenarios::create_customers(&hub, n, 32).await?;
     let before = sf.stats();
     let started = Instant::now();
     hub.post("/v1/systems/salesforce/resume", &Value::Null).await?;

@@ -45,23 +45,7 @@ pub async fn rate_limit(env: Env, quick: bool) -> Result<Row> {
             .await?;
     let hub = env.start(&stripe_system(&stripe.url(), "api_rate_limit = 100\nconcurrency = 16"))?;
     hub.post("/v1/systems/stripe/pause", &Value::Null).await?;
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..32 {
-        let (next, client, url) = (next.clone(), hub.client.clone(), hub.url("/v1/customers"));
-        tasks.spawn(async move {
-            while next.fetch_add(1, Ordering::Relaxed) < n {
-                let r = client.post(&url).json(&json!({"name": "Backlog"})).send().await?;
-                if !r.status().is_success() {
-                    bail!("create failed: {}", r.status());
-                }
-            }
-            Ok::<(), anyhow::Error>(())
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        r??;
-    }
+    crate::scenarios::create_customers(&hub, n, 32).await?;
     let before = stripe.stats();
     let started = Instant::now();
     hub.post("/v1/systems/stripe/resume", &Value::Null).await?;
@@ -109,23 +93,7 @@ pub async fn two_nodes(env: Env, quick: bool) -> Result<Row> {
     let config = stripe_system(&stripe.url(), "api_rate_limit = 100\nconcurrency = 16");
     let first = env.start(&config)?;
     first.post("/v1/systems/stripe/pause", &Value::Null).await?;
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..32 {
-        let (next, client, url) = (next.clone(), first.client.clone(), first.url("/v1/customers"));
-        tasks.spawn(async move {
-            while next.fetch_add(1, Ordering::Relaxed) < n {
-                let r = client.post(&url).json(&json!({"name": "Backlog"})).send().await?;
-                if !r.status().is_success() {
-                    bail!("create failed: {}", r.status());
-                }
-            }
-            Ok::<(), anyhow::Error>(())
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        r??;
-    }
+    crate::scenarios::create_customers(&first, n, 32).await?;
     let second = env.start(&config)?;
     let waiting = Instant::now();
     while first.get("/v1/nodes").await?["data"].as_array().map_or(0, Vec::len) < 2 {
