@@ -36,6 +36,17 @@ fn event(i: usize, name: &str) -> (Vec<u8>, String) {
     (bytes, sig)
 }
 
+/// Waits until the sandbox holds `n` customers (bounded by the backlog's size).
+async fn wait_for_customers(stripe: &StripeSandbox, n: usize, started: Instant) -> Result<()> {
+    while stripe.stats().customers < n {
+        if started.elapsed() > Duration::from_secs(n as u64 / 50 + 120) {
+            bail!("only {} of {n} customers reached Stripe", stripe.stats().customers);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
 /// A 20,000-change backlog drained into the Stripe sandbox limited to 100 req/s.
 pub async fn rate_limit(env: Env, quick: bool) -> Result<Row> {
     let n = if quick { 1_000 } else { 20_000 };
@@ -49,12 +60,7 @@ pub async fn rate_limit(env: Env, quick: bool) -> Result<Row> {
     let before = stripe.stats();
     let started = Instant::now();
     hub.post("/v1/systems/stripe/resume", &Value::Null).await?;
-    while stripe.stats().customers < n {
-        if started.elapsed() > Duration::from_secs(n as u64 / 50 + 120) {
-            bail!("only {} of {n} customers reached Stripe", stripe.stats().customers);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_customers(&stripe, n, started).await?;
     let secs = started.elapsed().as_secs_f64();
     let after = stripe.stats();
     let requests = after.requests - before.requests;
@@ -107,12 +113,7 @@ pub async fn two_nodes(env: Env, quick: bool) -> Result<Row> {
     let before = stripe.stats();
     let started = Instant::now();
     first.post("/v1/systems/stripe/resume", &Value::Null).await?;
-    while stripe.stats().customers < n {
-        if started.elapsed() > Duration::from_secs(n as u64 / 50 + 120) {
-            bail!("only {} of {n} customers reached Stripe", stripe.stats().customers);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_customers(&stripe, n, started).await?;
     let secs = started.elapsed().as_secs_f64();
     let after = stripe.stats();
     drop(second);

@@ -16,7 +16,7 @@ use syncflow_connectors::http::CallbackSender;
 use syncflow_connectors::{ConfigError, Connector, Outcome, PushRequest};
 use syncflow_core::metrics::Registry;
 use syncflow_store::deliveries::Kind;
-use syncflow_store::{now_ms, Claimed, DeliveryStatus, Finish, Route, Store};
+use syncflow_store::{now_ms, Claimed, DeliveryStatus, Finish, Link, Route, Store};
 use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 
@@ -414,16 +414,7 @@ impl Engine {
         let started = Instant::now();
         // Links first: a failed read is retried, never taken for "no link" (which
         // would create a second object in the system).
-        let mut links = Vec::with_capacity(chunk.len());
-        for c in &chunk {
-            links.push(match c.delivery.kind {
-                Kind::Change if !system.connector.uses_links() => Ok(None),
-                Kind::Change => {
-                    self.store.link(&c.delivery.entity, &c.delivery.record_id, name).await.map_err(|e| e.to_string())
-                }
-                Kind::Callback => Ok(None),
-            });
-        }
+        let links = self.links_for(system, &chunk).await;
         let mut outcomes: Vec<Option<Outcome>> = vec![None; chunk.len()];
         let mut reqs = Vec::new();
         let mut req_index = Vec::new();
@@ -480,6 +471,46 @@ impl Engine {
         for p in pending {
             self.recorded(system, p).await;
         }
+    }
+
+    /// Each delivery's link to the system (`None` for callbacks and kinds that read
+    /// none): one query for a single delivery, one per entity for a batch.
+    async fn links_for(&self, system: &System, chunk: &[Claimed]) -> Vec<Result<Option<Link>, String>> {
+        let name = system.config.name.as_str();
+        let wanted = |c: &Claimed| c.delivery.kind == Kind::Change && system.connector.uses_links();
+        if chunk.len() == 1 {
+            let c = &chunk[0];
+            let link = if wanted(c) {
+                self.store.link(&c.delivery.entity, &c.delivery.record_id, name).await.map_err(|e| e.to_string())
+            } else {
+                Ok(None)
+            };
+            return vec![link];
+        }
+        let mut by_entity: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for c in chunk.iter().filter(|c| wanted(c)) {
+            by_entity.entry(c.delivery.entity.as_str()).or_default().push(c.delivery.record_id.clone());
+        }
+        let mut found: HashMap<(String, String), Link> = HashMap::new();
+        for (entity, ids) in by_entity {
+            let read = match syncflow_core::Entity::by_name(entity) {
+                Some(e) => self.store.links_of(e, &ids).await.map_err(|e| e.to_string()),
+                None => Err(format!("unknown entity `{entity}`")),
+            };
+            match read {
+                Ok(map) => {
+                    for link in map.into_values().flatten().filter(|l| l.system == name) {
+                        found.insert((link.entity.clone(), link.record_id.clone()), link);
+                    }
+                }
+                // A failed read is a retry for every delivery of the batch, never "no link".
+                Err(e) => return chunk.iter().map(|_| Err(e.clone())).collect(),
+            }
+        }
+        chunk
+            .iter()
+            .map(|c| Ok(found.remove(&(c.delivery.entity.clone(), c.delivery.record_id.clone())).filter(|_| wanted(c))))
+            .collect()
     }
 
     /// Turns a push outcome into the delivery's next state and sends it to the
