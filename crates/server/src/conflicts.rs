@@ -93,17 +93,21 @@ pub(crate) async fn resolve(
             ))
         }
     };
+    // A value the record would refuse is a 422 before anything is written, so a
+    // refused resolution leaves the conflict open.
+    let patch = value.map(|v| Map::from_iter([(c.field.clone(), v)]));
+    if let Some(patch) = &patch {
+        let current =
+            state.store.get(entity, &c.record_id).await?.ok_or_else(|| ApiError::NotFound("no such record".into()))?;
+        entity.apply_patch(&current.fields, patch).map_err(ApiError::Invalid)?;
+    }
     // Close first: of two operators resolving at once, one wins.
     let closed_as = if winner == "hub" { "hub" } else { "external" };
     if !state.store.close_conflict(c.id, closed_as, winner).await? {
         return Err(ApiError::Conflict(format!("conflict {id} is already resolved")));
     }
-    let record = match value {
-        Some(v) => {
-            let mut patch = Map::new();
-            patch.insert(c.field.clone(), v);
-            state.store.update(entity, &c.record_id, &patch, None, "api").await?
-        }
+    let record = match patch {
+        Some(patch) => state.store.update(entity, &c.record_id, &patch, None, "api").await?,
         None => {
             // The hub keeps its value: push it back to the system that disagrees.
             let write =

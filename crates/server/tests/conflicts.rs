@@ -61,6 +61,13 @@ async fn conflicts_are_listed_and_resolved_once(t: TestStore) {
     assert_eq!(status, 400, "{err}");
     assert_eq!(app.head_seq().await, head, "a refused request writes nothing");
 
+    let (status, err) =
+        app.post(&format!("/v1/conflicts/{id}/resolve"), None, &json!({"keep": "value", "value": null})).await;
+    assert_eq!(status, 422, "the hub requires a name: {err}");
+    assert_eq!(app.head_seq().await, head, "a refused resolution writes nothing");
+    let (_, still) = app.get(&format!("/v1/conflicts/{id}"), None).await;
+    assert_eq!(still["status"], "open", "and leaves the conflict open");
+
     let (status, done) = app.post(&format!("/v1/conflicts/{id}/resolve"), None, &json!({"keep": "external"})).await;
     assert_eq!(status, 200, "{done}");
     assert_eq!(done["conflict"]["status"], "resolved");
