@@ -5,8 +5,10 @@
 //! Numbers are goals to chase and report, never assertions: this binary exits 0
 //! whatever it measures.
 
+mod dbstats;
 mod hub;
 mod kafka_scenarios;
+mod loadgen;
 mod lane_scenarios;
 mod salesforce_scenarios;
 mod scenarios;
@@ -54,6 +56,15 @@ pub struct Row {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
+    // The load generator and the baseline server run as processes of their own.
+    match std::env::args().nth(1).as_deref() {
+        Some("loadgen") => return loadgen::main(loadgen::LoadArgs::parse_from(std::env::args().skip(1))).await,
+        Some("echo") => {
+            let secret = std::env::args().skip_while(|a| a != "--secret").nth(1).unwrap_or_default();
+            return loadgen::echo(secret).await;
+        }
+        _ => {}
+    }
     let args = Args::parse();
     let hub = match &args.hub {
         Some(p) => p.clone(),

@@ -54,6 +54,12 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ),
     ("syncflow_api_limit", Kind::Gauge, "API calls the system allows in its window, by system."),
     ("syncflow_api_budget", Kind::Gauge, "The part of the system's API allowance this hub may use, by system."),
+    (
+        "syncflow_store_group_commits_total",
+        Kind::Counter,
+        "SQLite: transactions committed by the group-commit writer (writes per commit = writes / commits).",
+    ),
+    ("syncflow_store_group_writes_total", Kind::Counter, "SQLite: writes carried by group commits."),
 ];
 
 /// The `Content-Type` of `Registry::render`'s output.

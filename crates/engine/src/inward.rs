@@ -30,7 +30,7 @@ use syncflow_core::sync::{
     SyncSnapshot, DELETED,
 };
 use syncflow_core::{Entity, Record};
-use syncflow_store::{now_ms, InboxEvent, InwardOp, InwardWrite, NewInboxEvent, Store, StoreError};
+use syncflow_store::{now_ms, InboxEvent, InboxRef, InwardOp, InwardWrite, NewInboxEvent, Store, StoreError};
 
 use crate::config::SystemConfig;
 use crate::policy::backoff;
@@ -93,6 +93,12 @@ enum ApplyError {
     /// May apply later (the system unreachable, a referenced record not linked yet,
     /// the database busy): retry with backoff, `dead` after the budget.
     Transient(String),
+    /// The event is in the inbox already (recorded by another applier): nothing
+    /// was written; `receive` takes the recorded row's path.
+    Duplicate,
+    /// The event had to be recorded before deciding (the mass-delete breaker holds
+    /// recorded rows): decide again with this row.
+    Recorded(Box<InboxEvent>),
 }
 
 impl From<StoreError> for ApplyError {
@@ -104,6 +110,7 @@ impl From<StoreError> for ApplyError {
                 ApplyError::Invalid(format!("not valid for the hub: {}", list.join("; ")))
             }
             StoreError::NotFound => ApplyError::Race,
+            StoreError::DuplicateEvent => ApplyError::Duplicate,
             other => ApplyError::Transient(format!("database: {other}")),
         }
     }
@@ -191,13 +198,19 @@ impl Pipeline {
     /// Records the event (durable from here on) and applies it unless it is
     /// settled already or another applier holds it. Returns the row as it ended and
     /// whether the event had been seen before.
+    ///
+    /// A new event is decided first and recorded by the write that settles it (one
+    /// transaction for inbox row, record, change, link and outcome); only when that
+    /// write finds the event recorded already does it take the recorded row's path.
+    /// The returned row's `id` is 0 when the event was recorded that way.
     pub async fn receive(
         &self,
         event: &InwardEvent,
         payload: String,
         source: &str,
     ) -> Result<(InboxEvent, bool), StoreError> {
-        let new = NewInboxEvent {
+        let mut row = InboxEvent {
+            id: 0,
             system: self.config.name.clone(),
             event_id: event.event_id.clone(),
             event_type: event.event_type.clone(),
@@ -206,14 +219,37 @@ impl Pipeline {
             event_created: event.occurred_at,
             source: source.to_string(),
             payload,
+            outcome: InboxOutcome::Received,
+            record_id: None,
+            remarks: None,
+            received_at: now_ms(),
+            settled_at: None,
+            attempts: 0,
         };
-        let (mut row, inserted) = self.store.inbox_receive(&new, APPLY_LEASE_MS).await?;
-        if row.outcome == InboxOutcome::Received && (inserted || self.store.inbox_claim(row.id, APPLY_LEASE_MS).await?)
-        {
-            let (outcome, remarks) = self.settle(&row, event).await?;
-            row.outcome = outcome;
-            row.remarks = remarks;
-        }
+        // Polls list overlapping windows, so most of what they see again is known:
+        // a cheap read skips deciding it twice.
+        let known = source != "webhook" && self.store.inbox_event(&row.system, &row.event_id).await?.is_some();
+        let first = if known { Err(StoreError::DuplicateEvent) } else { self.settle(&row, event).await };
+        let inserted = match first {
+            Ok((outcome, remarks)) => {
+                row.outcome = outcome;
+                row.remarks = remarks;
+                true
+            }
+            Err(StoreError::DuplicateEvent) => {
+                let (recorded, inserted) = self.store.inbox_receive(&new_event(&row), APPLY_LEASE_MS).await?;
+                row = recorded;
+                if row.outcome == InboxOutcome::Received
+                    && (inserted || self.store.inbox_claim(row.id, APPLY_LEASE_MS).await?)
+                {
+                    let (outcome, remarks) = self.settle(&row, event).await?;
+                    row.outcome = outcome;
+                    row.remarks = remarks;
+                }
+                inserted
+            }
+            Err(e) => return Err(e),
+        };
         let counted = if inserted { row.outcome.as_str() } else { "duplicate" };
         self.store.metrics().inc(
             "syncflow_inbox_events_total",
@@ -230,23 +266,31 @@ impl Pipeline {
         event: &InwardEvent,
     ) -> Result<(InboxOutcome, Option<String>), StoreError> {
         let _turn = self.turn(event.external_id.as_deref().unwrap_or_default()).await;
+        let mut row = std::borrow::Cow::Borrowed(row);
         let mut result = Err(ApplyError::Race);
-        for _ in 0..RACE_ATTEMPTS {
-            result = self.apply(row, event).await;
-            if !matches!(result, Err(ApplyError::Race)) {
-                break;
+        let mut races = 0;
+        while races < RACE_ATTEMPTS {
+            result = self.apply(&row, event).await;
+            match result {
+                Err(ApplyError::Race) => races += 1,
+                Err(ApplyError::Recorded(recorded)) => {
+                    row = std::borrow::Cow::Owned(*recorded);
+                    result = Err(ApplyError::Race);
+                }
+                _ => break,
             }
         }
         let (outcome, remarks) = match result {
             Ok(settled) => settled,
             Err(ApplyError::Invalid(why)) => {
-                self.store.inbox_settle(row.id, InboxOutcome::Rejected, None, Some(&why)).await?;
+                self.record(&row, InboxOutcome::Rejected, None, &why, None).await?;
                 (InboxOutcome::Rejected, Some(why))
             }
             Err(ApplyError::Race) => {
-                self.retry_later(row, "the hub record kept changing under concurrent writes".into()).await?
+                self.retry_later(&row, "the hub record kept changing under concurrent writes".into()).await?
             }
-            Err(ApplyError::Transient(why)) => self.retry_later(row, why).await?,
+            Err(ApplyError::Transient(why)) => self.retry_later(&row, why).await?,
+            Err(ApplyError::Duplicate | ApplyError::Recorded(_)) => return Err(StoreError::DuplicateEvent),
         };
         self.log(event, outcome, remarks.as_deref());
         Ok((outcome, remarks))
@@ -272,13 +316,37 @@ impl Pipeline {
         let attempt = row.attempts + 1;
         if attempt >= self.config.max_attempts {
             let remarks = format!("{why} — gave up after {attempt} attempts");
-            self.store.inbox_settle(row.id, InboxOutcome::Dead, None, Some(&remarks)).await?;
+            self.record(row, InboxOutcome::Dead, None, &remarks, None).await?;
             return Ok((InboxOutcome::Dead, Some(remarks)));
         }
         let wait = backoff(attempt, self.config.backoff_initial, self.config.backoff_max);
         let remarks = format!("{why} — attempt {attempt} of {}, retrying in {wait:.1?}", self.config.max_attempts);
-        self.store.inbox_retry(row.id, now_ms() + wait.as_millis() as i64, &remarks).await?;
+        let at = now_ms() + wait.as_millis() as i64;
+        if row.id == 0 {
+            self.record(row, InboxOutcome::Received, None, &remarks, Some(at)).await?;
+        } else {
+            self.store.inbox_retry(row.id, at, &remarks).await?;
+        }
         Ok((InboxOutcome::Received, Some(remarks)))
+    }
+
+    /// Settles a row without a catalog write; an event not recorded yet is recorded
+    /// settled, in one statement (`DuplicateEvent` when it is there already).
+    async fn record(
+        &self,
+        row: &InboxEvent,
+        outcome: InboxOutcome,
+        record_id: Option<&str>,
+        remarks: &str,
+        retry_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        if row.id != 0 {
+            return self.store.inbox_settle(row.id, outcome, record_id, Some(remarks)).await;
+        }
+        match self.store.inbox_record(&new_event(row), outcome, record_id, Some(remarks), retry_at).await? {
+            Some(_) => Ok(()),
+            None => Err(StoreError::DuplicateEvent),
+        }
     }
 
     async fn settle_as(
@@ -288,7 +356,7 @@ impl Pipeline {
         remarks: &str,
         record_id: Option<&str>,
     ) -> Result<(InboxOutcome, Option<String>), ApplyError> {
-        self.store.inbox_settle(row.id, outcome, record_id, Some(remarks)).await?;
+        self.record(row, outcome, record_id, remarks, None).await?;
         Ok((outcome, Some(remarks.to_string())))
     }
 
@@ -305,11 +373,10 @@ impl Pipeline {
         let system = self.config.name.as_str();
 
         // Resolve: link → the hub id the object carries → (later) create.
-        let (link, record, by_hub_id) = self.resolve(entity, external_id, &event.object).await?;
+        let (link, record, by_hub_id, last) = self.resolve(entity, external_id, &event.object, row.id).await?;
         let snap = SyncSnapshot::parse(link.as_ref().and_then(|l| l.snapshot.as_deref()));
 
         // Stale: older than an event already applied for this object.
-        let last = self.store.inbox_last_applied(system, external_id, row.id).await?;
         if let Some(last) = last.filter(|l| event.occurred_at < *l) {
             let why = format!("older than an event already applied for {external_id} ({} < {last})", event.occurred_at);
             return self.settle_as(row, InboxOutcome::Stale, &why, record.as_ref().map(|r| r.id.as_str())).await;
@@ -367,10 +434,17 @@ impl Pipeline {
             let write = self.write(row, InboxOutcome::Applied, &remarks, external_id, &snapshot, &mapped, Vec::new());
             let created = self.store.apply_inward(entity, InwardOp::Create(&body), &write).await?;
             if !by_hub_id {
-                // Best effort: a later event then resolves by the id even without the link.
-                if let Err(e) = inward.write_back_id(entity, external_id, &created.id).await {
-                    tracing::warn!(system, record = %created.id, error = %e, "could not write the hub id back");
-                }
+                // Best effort, off the event's path (a remote call must not hold the
+                // webhook's answer): a later event then resolves by the id even
+                // without the link.
+                let (connector, system, external_id) =
+                    (self.connector.clone(), system.to_string(), external_id.to_string());
+                tokio::spawn(async move {
+                    let Some(inward) = connector.inward() else { return };
+                    if let Err(e) = inward.write_back_id(entity, &external_id, &created.id).await {
+                        tracing::warn!(system, record = %created.id, error = %e, "could not write the hub id back");
+                    }
+                });
             }
             return Ok((InboxOutcome::Applied, join(&remarks)));
         };
@@ -386,6 +460,11 @@ impl Pipeline {
         let hub_now = inward.hub_view(entity, &record.fields);
         if seen.deleted {
             let breaker = &self.config.breaker;
+            if breaker.enabled && row.id == 0 {
+                // A held deletion is a row an operator releases later: record it first.
+                let (recorded, inserted) = self.store.inbox_receive(&new_event(row), APPLY_LEASE_MS).await?;
+                return Err(if inserted { ApplyError::Recorded(Box::new(recorded)) } else { ApplyError::Duplicate });
+            }
             if let Some(why) =
                 crate::breaker::check(&self.store, breaker, &self.deletes, row, entity.name, &record.id, external_id)
                     .await?
@@ -533,6 +612,11 @@ impl Pipeline {
         if mapped.owned {
             return Ok(None); // the hub never pushes records the system owns
         }
+        if link.as_ref().and_then(|l| l.synced_version).is_some_and(|v| v >= record.version) {
+            // Every version of the record is synced with the system: nothing of ours
+            // is on its way there but, at most, a re-push of this same state.
+            return Ok(None);
+        }
         for change in self.store.unfinished_changes(&self.config.name, entity.name, &record.id).await? {
             let pushing = match change.op {
                 syncflow_core::Op::Delete => DELETED.to_string(),
@@ -548,29 +632,32 @@ impl Pipeline {
     }
 
     /// The hub record for an external object: by link, else by the hub id the object
-    /// carries (the webhook of our own create can beat the link's commit). A failed
-    /// read is an error (retried), never "no link".
+    /// carries (the webhook of our own create can beat the link's commit); and the
+    /// newest event time applied for the object (rows other than `except`). A failed
+    /// read is an error (retried), never "no link". An object neither linked nor
+    /// naming a hub record has no applied events to be stale against.
     async fn resolve(
         &self,
         entity: &'static Entity,
         external_id: &str,
         object: &Value,
-    ) -> Result<(Option<Link>, Option<Record>, bool), ApplyError> {
+        except: i64,
+    ) -> Result<(Option<Link>, Option<Record>, bool, Option<i64>), ApplyError> {
         let system = &self.config.name;
-        if let Some(link) = self.store.link_by_external_id(system, entity.name, external_id).await? {
-            let record = self.store.get(entity, &link.record_id).await?;
-            return Ok((Some(link), record, false));
+        if let Some((link, record, last)) = self.store.linked_record(entity, system, external_id, except).await? {
+            return Ok((Some(link), record, false, last));
         }
         if let Some(hub_id) = self.inward().hub_id(object) {
             if let Some(record) = self.store.get(entity, &hub_id).await? {
                 // Only if that record is not linked to another object of the system.
                 let other = self.store.link(entity.name, &hub_id, system).await?;
                 if other.is_none_or(|l| l.external_id == external_id) {
-                    return Ok((None, Some(record), true));
+                    let last = self.store.inbox_last_applied(system, external_id, except).await?;
+                    return Ok((None, Some(record), true, last));
                 }
             }
         }
-        Ok((None, None, false))
+        Ok((None, None, false, None))
     }
 
     /// Mapped fields with references resolved to hub ids through their links; a
@@ -611,7 +698,7 @@ impl Pipeline {
         };
         InwardWrite {
             system: self.config.name.clone(),
-            inbox: Some((row.id, outcome, join(remarks))),
+            inbox: Some((inbox_ref(row), outcome, join(remarks))),
             link: Some(LinkUpdate {
                 external_id: external_id.to_string(),
                 synced_version: 0, // the written version
@@ -712,6 +799,29 @@ impl Pipeline {
 
     pub(crate) fn external(&self) -> &dyn Inward {
         self.inward()
+    }
+}
+
+/// The event of a row, for recording it (`row.id` 0: not recorded yet).
+fn new_event(row: &InboxEvent) -> NewInboxEvent {
+    NewInboxEvent {
+        system: row.system.clone(),
+        event_id: row.event_id.clone(),
+        event_type: row.event_type.clone(),
+        entity: row.entity.clone(),
+        external_id: row.external_id.clone(),
+        event_created: row.event_created,
+        source: row.source.clone(),
+        payload: row.payload.clone(),
+    }
+}
+
+/// The inbox row an apply settles: the recorded one, or the event, recorded by the apply.
+fn inbox_ref(row: &InboxEvent) -> InboxRef {
+    if row.id == 0 {
+        InboxRef::New(Box::new(new_event(row)))
+    } else {
+        InboxRef::Id(row.id)
     }
 }
 

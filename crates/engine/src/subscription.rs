@@ -34,10 +34,9 @@ impl Pipeline {
             source: SOURCE.into(),
             payload,
         };
-        let (row, inserted) = self.store().inbox_receive(&new, 60_000).await?;
+        let why = format!("unreadable message: {why}");
+        let inserted = self.store().inbox_record(&new, InboxOutcome::Rejected, None, Some(&why), None).await?.is_some();
         if inserted {
-            let why = format!("unreadable message: {why}");
-            self.store().inbox_settle(row.id, InboxOutcome::Rejected, None, Some(&why)).await?;
             tracing::warn!(system = %self.system(), event = %event_id, remarks = %why, "inward event not applied");
         }
         Ok(inserted)

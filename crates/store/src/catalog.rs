@@ -9,7 +9,7 @@ use syncflow_core::{now_timestamp, FieldError, Op, Record};
 
 use crate::dialect::{Col, Dialect};
 use crate::inbox::InwardWrite;
-use crate::{on_read, on_write, Result, Store, StoreError};
+use crate::{on_read, on_write_tx, Result, Store, StoreError};
 
 /// A catalog write made for an inward event (`Store::apply_inward`).
 #[derive(Debug, Clone, Copy)]
@@ -56,9 +56,14 @@ const BOOKKEEPING: [(&str, Col); 4] = [
 ];
 
 pub(crate) fn select_list(entity: &Entity, d: Dialect) -> String {
-    let mut cols = vec!["id".to_string()];
-    cols.extend(BOOKKEEPING.iter().map(|(n, c)| d.select(n, *c)));
-    cols.extend(entity.fields.iter().map(|f| d.select(f.name, Col::Field(f.ty.storage()))));
+    select_list_of(entity, d, "")
+}
+
+/// `select_list` with each column qualified by `prefix` (`"r."`), for joins.
+fn select_list_of(entity: &Entity, d: Dialect, prefix: &str) -> String {
+    let mut cols = vec![format!("{prefix}id")];
+    cols.extend(BOOKKEEPING.iter().map(|(n, c)| d.select(&format!("{prefix}{n}"), *c)));
+    cols.extend(entity.fields.iter().map(|f| d.select(&format!("{prefix}{}", f.name), Col::Field(f.ty.storage()))));
     cols.join(", ")
 }
 
@@ -139,25 +144,14 @@ macro_rules! append_change_quiet {
     }};
 }
 
-/// Appends the change row for `record` and, on PostgreSQL, wakes other nodes.
+/// Appends the change row for `record`. No `pg_notify` here: PostgreSQL takes one
+/// cluster-wide lock for every committing transaction that notified, held through
+/// its WAL flush, which serialised all writers' commits; the sequencer's single
+/// notification per pass wakes other nodes instead (`Store::sequence`).
 macro_rules! append_change {
     ($tx:expr, $d:expr, $record:expr, $op:expr, $origin:expr) => {{
         append_change_quiet!($tx, $d, $record, $op, $origin);
-        if $d == Dialect::Postgres {
-            let r: &Record = $record;
-            sqlx::query("SELECT pg_notify('syncflow_changes', $1)").bind(r.entity.name).execute(&mut *$tx).await?;
-        }
     }};
-}
-
-/// Marks the transaction as syncflow's own, so PostgreSQL's capture triggers skip
-/// it (the change row is written by us, with the real origin).
-macro_rules! mark_writer {
-    ($tx:expr, $d:expr) => {
-        if $d == Dialect::Postgres {
-            sqlx::query("SELECT set_config('syncflow.writer', 'on', true)").execute(&mut *$tx).await?;
-        }
-    };
 }
 
 /// Upserts the inward write's link (at the written version), settles its inbox
@@ -183,20 +177,45 @@ macro_rules! settle_inward {
                     .execute(&mut *$tx)
                     .await?;
             }
-            let inbox_id = w.inbox.as_ref().map(|(id, _, _)| *id);
-            if let Some((id, outcome, remarks)) = &w.inbox {
-                sqlx::query(
-                    "UPDATE inbox SET outcome = $2, record_id = $3, remarks = $4, lease_until = NULL, \
-                     settled_at = $5 WHERE id = $1",
-                )
-                .bind(*id)
-                .bind(outcome.as_str())
-                .bind(r.id.clone())
-                .bind(remarks.clone())
-                .bind(now)
-                .execute(&mut *$tx)
-                .await?;
-            }
+            let inbox_id = match &w.inbox {
+                None => None,
+                Some((crate::inbox::InboxRef::Id(id), outcome, remarks)) => {
+                    sqlx::query(
+                        "UPDATE inbox SET outcome = $2, record_id = $3, remarks = $4, lease_until = NULL, \
+                         settled_at = $5 WHERE id = $1",
+                    )
+                    .bind(*id)
+                    .bind(outcome.as_str())
+                    .bind(r.id.clone())
+                    .bind(remarks.clone())
+                    .bind(now)
+                    .execute(&mut *$tx)
+                    .await?;
+                    Some(*id)
+                }
+                Some((crate::inbox::InboxRef::New(e), outcome, remarks)) => {
+                    let id: Option<i64> = sqlx::query_scalar(crate::inbox::INSERT_SETTLED)
+                        .bind(&e.system)
+                        .bind(&e.event_id)
+                        .bind(&e.event_type)
+                        .bind(e.entity.clone())
+                        .bind(e.external_id.clone())
+                        .bind(e.event_created)
+                        .bind(&e.source)
+                        .bind(&e.payload)
+                        .bind(now)
+                        .bind(outcome.as_str())
+                        .bind(r.id.clone())
+                        .bind(remarks.clone())
+                        .bind(Some(now))
+                        .bind(0i64)
+                        .bind(None::<i64>)
+                        .fetch_optional(&mut *$tx)
+                        .await?;
+                    // Seen already (another node, a retried webhook): the whole write is dropped.
+                    Some(id.ok_or(StoreError::DuplicateEvent)?)
+                }
+            };
             for c in &w.conflicts {
                 // A later edit of a field with an open (manual) conflict updates that row.
                 sqlx::query(
@@ -286,7 +305,7 @@ macro_rules! check_natural_key {
     }};
 }
 
-pub(crate) use {append_change_quiet, bind_record, mark_writer, natural_key_owner};
+pub(crate) use {append_change_quiet, bind_record, natural_key_owner};
 
 /// The error for a natural key already held by live record `other`.
 pub(crate) fn natural_key_taken(entity: &Entity, other: &str) -> StoreError {
@@ -331,8 +350,7 @@ impl Store {
     /// without the record.
     pub async fn resync(&self, entity: &'static Entity, id: &str, system: &str) -> Result<Record> {
         let origin = format!("{}{system}", crate::deliveries::RECONCILE_PREFIX);
-        let record = on_write!(self, |pool, d| {
-            let mut tx = pool.begin().await?;
+        let record = on_write_tx!(self, |tx, d| {
             let row =
                 sqlx::query(&select_one_sql(entity, d, true)).bind(id.to_string()).fetch_optional(&mut *tx).await?;
             let record = match row {
@@ -357,9 +375,7 @@ impl Store {
     ) -> Result<Record> {
         let fields = entity.validate_create(body).map_err(StoreError::Invalid)?;
         let record = Record::new(entity, fields);
-        on_write!(self, |pool, d| {
-            let mut tx = pool.begin().await?;
-            mark_writer!(tx, d);
+        on_write_tx!(self, |tx, d| {
             check_references!(tx, d, entity, &record.fields, None);
             check_natural_key!(tx, entity, &record.fields, &record.id);
             let sql = insert_sql(entity, d);
@@ -397,9 +413,7 @@ impl Store {
         origin: &str,
         inward: Option<&InwardWrite>,
     ) -> Result<Record> {
-        let written = on_write!(self, |pool, d| {
-            let mut tx = pool.begin().await?;
-            mark_writer!(tx, d);
+        let written = on_write_tx!(self, |tx, d| {
             let row =
                 sqlx::query(&select_one_sql(entity, d, true)).bind(id.to_string()).fetch_optional(&mut *tx).await?;
             let current = match row {
@@ -463,9 +477,7 @@ impl Store {
         origin: &str,
         inward: Option<&InwardWrite>,
     ) -> Result<Record> {
-        let record = on_write!(self, |pool, d| {
-            let mut tx = pool.begin().await?;
-            mark_writer!(tx, d);
+        let record = on_write_tx!(self, |tx, d| {
             let row =
                 sqlx::query(&select_one_sql(entity, d, true)).bind(id.to_string()).fetch_optional(&mut *tx).await?;
             let current = match row {
@@ -499,6 +511,56 @@ impl Store {
         on_read!(self, |pool, d| {
             let row = sqlx::query(&select_one_sql(entity, d, false)).bind(id.to_string()).fetch_optional(pool).await?;
             row.map(|r| decode_record(entity, &r)).transpose()
+        })
+    }
+
+    /// What deciding an inward event needs, in one read: the object's link, the hub
+    /// record it names, and the newest event time applied (or echoed) for the object
+    /// in inbox rows other than `except` — the yardstick for stale events. `None`
+    /// when the object is not linked.
+    pub async fn linked_record(
+        &self,
+        entity: &'static Entity,
+        system: &str,
+        external_id: &str,
+        except: i64,
+    ) -> Result<Option<(crate::Link, Option<Record>, Option<i64>)>> {
+        on_read!(self, |pool, d| {
+            let sql = format!(
+                "SELECT {}, l.record_id, l.external_id, l.synced_version, l.fingerprint, l.snapshot, l.updated_at, \
+                 (SELECT MAX(event_created) FROM inbox WHERE system = $1 AND external_id = $3 AND id <> $4 \
+                  AND outcome IN ('applied', 'echo')) \
+                 FROM links l LEFT JOIN {} r ON r.id = l.record_id \
+                 WHERE l.system = $1 AND l.entity = $2 AND l.external_id = $3",
+                select_list_of(entity, d, "r."),
+                entity.plural
+            );
+            let Some(row) = sqlx::query(&sql)
+                .bind(system.to_string())
+                .bind(entity.name.to_string())
+                .bind(external_id.to_string())
+                .bind(except)
+                .fetch_optional(pool)
+                .await?
+            else {
+                return Ok(None);
+            };
+            let record = match row.try_get::<Option<String>, _>(0)? {
+                Some(_) => Some(decode_record(entity, &row)?),
+                None => None,
+            };
+            let n = 1 + BOOKKEEPING.len() + entity.fields.len();
+            let link = crate::Link {
+                entity: entity.name.to_string(),
+                record_id: row.try_get(n)?,
+                system: system.to_string(),
+                external_id: row.try_get(n + 1)?,
+                synced_version: row.try_get(n + 2)?,
+                fingerprint: row.try_get(n + 3)?,
+                snapshot: row.try_get(n + 4)?,
+                updated_at: row.try_get(n + 5)?,
+            };
+            Ok(Some((link, record, row.try_get(n + 6)?)))
         })
     }
 

@@ -380,24 +380,42 @@ impl Store {
         on_write!(self, |pool, d| {
             let mut tx = pool.begin().await?;
             let skip_locked = if d == Dialect::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
-            // The first status term repeats the predicate of the partial index
-            // `deliveries_lanes` (migration 8) so both planners use it: the scan then
-            // walks unfinished rows by lane, then change order, and stops after `limit`.
-            let heads = sqlx::query(&format!(
+            // Only a record's head is eligible: no earlier unfinished delivery of the
+            // same record (probed in `deliveries_open`).
+            let head = format!(
+                "NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.system = d.system AND e.ordering_key = d.ordering_key \
+                 AND e.change_seq < d.change_seq AND e.status IN {UNFINISHED})"
+            );
+            // Pushes whose worker died (lease over) first: they were claimed before
+            // anything still waiting. Usually none, found in `deliveries_leased`.
+            let mut heads = sqlx::query(&format!(
                 "SELECT {DELIVERY_COLUMNS}, ordering_key FROM deliveries d
-                 WHERE d.system = $1 AND d.status IN ('pending', 'retrying', 'in_flight')
-                   AND ((d.status IN ('pending', 'retrying') AND d.next_attempt_at <= $2)
-                        OR (d.status = 'in_flight' AND d.lease_until < $2))
-                   AND NOT EXISTS (SELECT 1 FROM deliveries e
-                        WHERE e.system = d.system AND e.ordering_key = d.ordering_key
-                          AND e.change_seq < d.change_seq AND e.status IN {UNFINISHED})
-                 ORDER BY d.lane, d.change_seq LIMIT $3{skip_locked}"
+                 WHERE d.system = $1 AND d.status = 'in_flight' AND d.lease_until < $2 AND {head}
+                 ORDER BY d.lease_until LIMIT $3{skip_locked}"
             ))
             .bind(system.to_string())
             .bind(now)
             .bind(limit as i64)
             .fetch_all(&mut *tx)
             .await?;
+            // Then waiting rows by lane and change order (`deliveries_ready`, whose
+            // predicate the status term repeats so both planners use it): the scan
+            // never steps over pushes in flight and stops after `limit`.
+            if heads.len() < limit {
+                heads.extend(
+                    sqlx::query(&format!(
+                        "SELECT {DELIVERY_COLUMNS}, ordering_key FROM deliveries d
+                         WHERE d.system = $1 AND d.status IN ('pending', 'retrying') AND d.next_attempt_at <= $2
+                           AND {head}
+                         ORDER BY d.lane, d.change_seq LIMIT $3{skip_locked}"
+                    ))
+                    .bind(system.to_string())
+                    .bind(now)
+                    .bind((limit - heads.len()) as i64)
+                    .fetch_all(&mut *tx)
+                    .await?,
+                );
+            }
             if heads.is_empty() {
                 return Ok(Vec::new());
             }

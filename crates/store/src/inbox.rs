@@ -13,7 +13,7 @@ use sqlx::Row;
 use crate::deliveries::now_ms;
 use syncflow_core::sync::NewConflict;
 
-use crate::{on_read, on_write, LinkUpdate, Result, Store};
+use crate::{on_read, on_write, on_write_one, LinkUpdate, Result, Store};
 
 pub use syncflow_core::sync::InboxOutcome;
 
@@ -54,13 +54,25 @@ pub struct InboxEvent {
     pub attempts: i64,
 }
 
+/// The inbox row an inward write settles: one already recorded (a retry, a
+/// recovery), or the event itself, recorded by the write's own transaction — the
+/// usual case, so an event costs one transaction: inbox row, record, change, link
+/// and outcome commit together.
+#[derive(Debug, Clone)]
+pub enum InboxRef {
+    Id(i64),
+    /// Inserted settled; the write fails with `StoreError::DuplicateEvent` (and
+    /// writes nothing) when the event is in the inbox already.
+    New(Box<NewInboxEvent>),
+}
+
 /// How an inward catalog write settles its inbox row and link, in the write's own
 /// transaction (`Store::apply_inward`).
 #[derive(Debug, Clone)]
 pub struct InwardWrite {
     pub system: String,
     /// Inbox row to settle, with its outcome and remarks.
-    pub inbox: Option<(i64, InboxOutcome, Option<String>)>,
+    pub inbox: Option<(InboxRef, InboxOutcome, Option<String>)>,
     /// Link to upsert; its `synced_version` is replaced by the written record's version.
     pub link: Option<LinkUpdate>,
     /// Same-field conflicts this apply met, recorded with it.
@@ -76,6 +88,14 @@ impl InwardWrite {
         InwardWrite { system: system.to_string(), inbox: None, link: Some(link), conflicts: Vec::new(), resync: false }
     }
 }
+
+/// An event inserted with its outcome; binds as `inbox_record`. No row (and no
+/// error) when the (system, event id) is there already.
+pub(crate) const INSERT_SETTLED: &str =
+    "INSERT INTO inbox (system, event_id, event_type, entity, external_id, event_created, source, payload, \
+     received_at, outcome, record_id, remarks, settled_at, attempts, next_attempt_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+     ON CONFLICT (system, event_id) DO NOTHING RETURNING id";
 
 pub(crate) const INBOX_COLUMNS: &str =
     "id, system, event_id, event_type, entity, external_id, event_created, source, payload, \
@@ -164,6 +184,42 @@ impl Store {
                 .await?;
             Ok((decode(&row)?, false))
         })
+    }
+
+    /// Records an event that settles without a catalog write (echo, stale, ignored,
+    /// rejected), or that waits for a retry (`outcome` received, with its attempt
+    /// and time), in one statement. `None` when the event is in the inbox already.
+    pub async fn inbox_record(
+        &self,
+        e: &NewInboxEvent,
+        outcome: InboxOutcome,
+        record_id: Option<&str>,
+        remarks: Option<&str>,
+        retry_at: Option<i64>,
+    ) -> Result<Option<i64>> {
+        let now = now_ms();
+        let settled = (outcome != InboxOutcome::Received).then_some(now);
+        let id: Option<i64> = on_write_one!(self, |ex| {
+            sqlx::query_scalar(INSERT_SETTLED)
+                .bind(&e.system)
+                .bind(&e.event_id)
+                .bind(&e.event_type)
+                .bind(e.entity.clone())
+                .bind(e.external_id.clone())
+                .bind(e.event_created)
+                .bind(&e.source)
+                .bind(&e.payload)
+                .bind(now)
+                .bind(outcome.as_str())
+                .bind(record_id.map(str::to_string))
+                .bind(remarks.map(str::to_string))
+                .bind(settled)
+                .bind(i64::from(retry_at.is_some()))
+                .bind(retry_at)
+                .fetch_optional(ex)
+                .await?
+        });
+        Ok(id)
     }
 
     /// Takes the right to apply a `received` row for `lease_ms`. False when it is

@@ -15,6 +15,7 @@ mod changes;
 pub mod conflicts;
 pub mod deliveries;
 mod dialect;
+mod group;
 pub mod history;
 mod idempotency;
 pub mod inbox;
@@ -45,7 +46,7 @@ pub use deliveries::{
 pub use dialect::Dialect;
 pub use history::{links_json, DeliveryHistory, RecordHistory, TimelineEntry};
 pub use idempotency::{KeyClaim, StoredResponse, IDEMPOTENCY_TTL_MS};
-pub use inbox::{InboxEvent, InboxOutcome, InwardWrite, NewInboxEvent};
+pub use inbox::{InboxEvent, InboxOutcome, InboxRef, InwardWrite, NewInboxEvent};
 pub use nodes::Node;
 pub use reconcile::{Hold, ReconcileRun, RunEnd};
 pub use sync::{
@@ -74,6 +75,10 @@ pub enum StoreError {
     Migration { version: i64, source: sqlx::Error },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// An inward write that records its event found the event in the inbox already
+    /// (`InboxRef::New`); nothing was written.
+    #[error("the event is in the inbox already")]
+    DuplicateEvent,
     #[error("corrupt row: {0}")]
     Corrupt(String),
 }
@@ -86,6 +91,8 @@ pub(crate) enum Backend {
     Sqlite {
         write: SqlitePool,
         read: SqlitePool,
+        /// Group commit on `write` for the busiest write paths (`on_write_tx!`).
+        group: Arc<group::Group>,
     },
     Postgres(PgPool),
 }
@@ -105,6 +112,15 @@ pub(crate) struct Inner {
     pub(crate) metrics: Arc<Registry>,
     /// True while the PostgreSQL listener is subscribed (`spawn_listener`).
     pub(crate) listening: watch::Sender<bool>,
+    /// PostgreSQL: poked after each local commit that wrote changes; a task sends one
+    /// `pg_notify` for however many commits gathered meanwhile (see `announce`).
+    pub(crate) announce: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.announce.notify_one(); // lets the announcer see the store is gone
+    }
 }
 
 /// Expands `$body` once per backend with `$pool` bound to the pool that may write.
@@ -119,6 +135,53 @@ macro_rules! on_write {
             $crate::Backend::Postgres(pg) => {
                 let $pool = pg;
                 let $d = $crate::Dialect::Postgres;
+                $body
+            }
+        }
+    };
+}
+
+/// Expands `$body` once per backend with `$tx` bound to an open write transaction:
+/// on SQLite a member of the group commit (`group.rs`), on PostgreSQL a transaction
+/// of its own (PostgreSQL already flushes concurrent commits together). The body
+/// uses `&mut *$tx` as its executor and ends with `$tx.commit().await?`, which on
+/// SQLite returns once the shared commit is durable.
+macro_rules! on_write_tx {
+    ($store:expr, |$tx:ident, $d:ident| $body:expr) => {
+        match &$store.inner.backend {
+            $crate::Backend::Sqlite { group, .. } => {
+                #[allow(unused_mut)]
+                let mut $tx = group.begin().await?;
+                let $d = $crate::Dialect::Sqlite;
+                $body
+            }
+            $crate::Backend::Postgres(pg) => {
+                #[allow(unused_mut)]
+                let mut $tx = pg.begin().await?;
+                let $d = $crate::Dialect::Postgres;
+                $body
+            }
+        }
+    };
+}
+
+/// One write statement: on SQLite a member of the group commit, on PostgreSQL sent
+/// on its own (autocommit: one round trip, not three). `$ex` is the executor,
+/// usable once.
+macro_rules! on_write_one {
+    ($store:expr, |$ex:ident| $body:expr) => {
+        match &$store.inner.backend {
+            $crate::Backend::Sqlite { group, .. } => {
+                let mut tx = group.begin().await?;
+                let out = {
+                    let $ex = &mut *tx;
+                    $body
+                };
+                tx.commit().await?;
+                out
+            }
+            $crate::Backend::Postgres(pg) => {
+                let $ex = pg;
                 $body
             }
         }
@@ -142,15 +205,21 @@ macro_rules! on_read {
         }
     };
 }
-pub(crate) use {on_read, on_write};
+pub(crate) use {on_read, on_write, on_write_one, on_write_tx};
 
 impl Store {
     /// Opens (creating if needed) the database named by `url` and runs migrations.
     /// `postgres://…` / `postgresql://…` selects PostgreSQL; `sqlite:PATH`,
     /// `sqlite://PATH` or a bare path selects SQLite.
     pub async fn open(url: &str) -> Result<Store> {
+        let metrics = Arc::new(Registry::new());
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let opts = PgConnectOptions::from_str(url).map_err(|_| StoreError::BadUrl(redact(url)))?;
+            // Every connection of ours is syncflow's own writer: the plain-SQL capture
+            // triggers skip its writes (we append the change rows, with the real origin).
+            // Set once per session, not once per transaction.
+            let opts = PgConnectOptions::from_str(url)
+                .map_err(|_| StoreError::BadUrl(redact(url)))?
+                .options([("syncflow.writer", "on")]);
             let pool = PgPoolOptions::new()
                 .max_connections(16)
                 .acquire_timeout(Duration::from_secs(10))
@@ -173,12 +242,16 @@ impl Store {
             // Readers never write, but are opened read-write: a read-only connection
             // cannot set the journal mode the writer needs.
             let read = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
-            Backend::Sqlite { write, read }
+            let group = group::Group::new(write.clone(), metrics.clone());
+            Backend::Sqlite { write, read, group }
         };
         let (wake, _) = watch::channel(0);
         let listening = watch::channel(false).0;
-        let store = Store { inner: Arc::new(Inner { backend, wake, metrics: Arc::new(Registry::new()), listening }) };
+        let announce = Arc::new(tokio::sync::Notify::new());
+        let inner = Inner { backend, wake, metrics, listening, announce };
+        let store = Store { inner: Arc::new(inner) };
         migrate::run(&store).await?;
+        store.spawn_announcer();
         Ok(store)
     }
 
@@ -244,6 +317,35 @@ impl Store {
         }))
     }
 
+    /// PostgreSQL: tells other nodes (and their streams) that this one committed
+    /// changes. Writers do not notify inside their own transactions: PostgreSQL
+    /// serialises every committing transaction that notified on one cluster-wide
+    /// lock held through its WAL flush, which put all writers' commits in single
+    /// file. Here commits that land while a notification is on its way share the
+    /// next one, so under load it is a few notifications a second, not one per
+    /// write. A no-op on SQLite (one process).
+    fn spawn_announcer(&self) {
+        if !matches!(self.inner.backend, Backend::Postgres(_)) {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        let poke = self.inner.announce.clone();
+        tokio::spawn(async move {
+            loop {
+                poke.notified().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let Backend::Postgres(pool) = &inner.backend else { return };
+                if pool.is_closed() {
+                    return;
+                }
+                let sent = sqlx::query("SELECT pg_notify('syncflow_changes', 'written')").execute(pool).await;
+                if let Err(e) = sent {
+                    tracing::debug!(error = %e, "could not announce a commit to other nodes");
+                }
+            }
+        });
+    }
+
     /// Resolves once the listener started by `spawn_listener` is subscribed, so other
     /// nodes' notifications from then on reach this one (tests wait for it).
     pub async fn listening(&self) {
@@ -260,13 +362,14 @@ impl Store {
     pub(crate) fn notify_written(&self, entity: &str, origin: &str) {
         self.inner.metrics.inc("syncflow_changes_written_total", &[("entity", entity), ("origin", origin)], 1.0);
         self.inner.wake.send_modify(|n| *n = n.wrapping_add(1));
+        self.inner.announce.notify_one();
     }
 
     /// Closes every connection, waiting for checked-out ones to be returned. On
     /// SQLite this checkpoints the WAL so the file is self-contained afterwards.
     pub async fn close(&self) {
         match &self.inner.backend {
-            Backend::Sqlite { write, read } => {
+            Backend::Sqlite { write, read, .. } => {
                 read.close().await;
                 let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(write).await;
                 write.close().await;

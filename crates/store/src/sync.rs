@@ -17,12 +17,12 @@ use syncflow_core::{now_timestamp, Change, Entity, Op, Record};
 use syncflow_core::Storage;
 
 use crate::catalog::{
-    append_change_quiet, bind_record, change_insert_sql, decode_record, insert_sql, mark_writer, natural_key_owner,
+    append_change_quiet, bind_record, change_insert_sql, decode_record, insert_sql, natural_key_owner,
     select_list, select_one_sql, update_sql,
 };
 use crate::changes::{change_columns, decode_change};
 use crate::dialect::{Col, Dialect};
-use crate::{on_read, on_write, Backend, Result, Store, StoreError};
+use crate::{on_read, on_write_tx, Backend, Result, Store, StoreError};
 
 /// One write a client pushes.
 #[derive(Debug, Clone)]
@@ -287,9 +287,7 @@ impl Store {
         // Read before the transaction: a ref bound meanwhile by a concurrent batch of
         // the same client makes our insert collide, and the retry reads it.
         let mut refs = self.client_refs_of(&batch.client_id, &wanted).await?;
-        on_write!(self, |pool, d| {
-            let mut tx = pool.begin().await?;
-            mark_writer!(tx, d);
+        on_write_tx!(self, |tx, d| {
             for (index, item) in batch.items.iter().enumerate() {
                 let entity = item.entity;
                 let mut fail =
@@ -581,10 +579,6 @@ impl Store {
             if !errors.is_empty() {
                 // Dropping the transaction rolls back every item already applied.
                 return Err(StoreError::InvalidBatch(errors));
-            }
-            if d == Dialect::Postgres && !written.is_empty() {
-                // Wakes other nodes' streams and workers (payload unused).
-                sqlx::query("SELECT pg_notify('syncflow_changes', 'sync')").execute(&mut *tx).await?;
             }
             tx.commit().await?;
         });

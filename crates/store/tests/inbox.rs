@@ -25,7 +25,7 @@ fn event(id: &str, created: i64) -> NewInboxEvent {
 fn write(inbox: i64, external_id: &str) -> InwardWrite {
     InwardWrite {
         system: "stripe".into(),
-        inbox: Some((inbox, InboxOutcome::Applied, Some("why".into()))),
+        inbox: Some((syncflow_store::InboxRef::Id(inbox), InboxOutcome::Applied, Some("why".into()))),
         link: Some(LinkUpdate {
             external_id: external_id.into(),
             synced_version: 0,
