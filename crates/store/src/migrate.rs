@@ -27,6 +27,7 @@ const SQLITE: &[Migration] = migrations!("sqlite":
     7 "idempotency_keys" "0007_idempotency_keys.sql",
     8 "reconcile" "0008_reconcile.sql",
     9 "cluster" "0009_cluster.sql",
+    11 "retention" "0011_retention.sql",
 );
 
 const POSTGRES: &[Migration] = migrations!("postgres":
@@ -39,6 +40,7 @@ const POSTGRES: &[Migration] = migrations!("postgres":
     7 "idempotency_keys" "0007_idempotency_keys.sql",
     8 "reconcile" "0008_reconcile.sql",
     9 "cluster" "0009_cluster.sql",
+    11 "retention" "0011_retention.sql",
 );
 
 /// Arbitrary constant naming syncflow's migration lock.
