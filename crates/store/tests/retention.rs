@@ -267,3 +267,88 @@ async fn a_pass_works_in_bounded_batches(t: TestStore) {
     assert_eq!(p.transactions, 6, "{p:?}");
     assert!(s.inbox("stripe", 0, 100).await.unwrap().is_empty());
 }
+
+/// Bytes of SQLite database per webhook-like event before and after a prune: each
+/// event is an inbox row with a ~2 KB payload, an applied update (change row with
+/// its snapshot), and a delivery to one system with its attempt. Prints figures;
+/// run with `cargo test -p syncflow-store --test retention -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn measure_bytes_per_event_sqlite() {
+    const EVENTS: usize = 10_000;
+    const OBJECTS: usize = 1_000;
+    let t = syncflow_store::testing::sqlite().await;
+    let s = &t.store;
+    let file = t.url.trim_start_matches("sqlite:").to_string();
+    let padding = "x".repeat(1_700);
+    let mut ids = Vec::new();
+    for i in 0..OBJECTS {
+        ids.push(create(s, &format!("c{i}")).await);
+    }
+    s.dispatch(&crm(), 10_000).await.unwrap();
+    drain(s).await;
+    let base = used_bytes(&file).await;
+    for n in 0..EVENTS {
+        let i = n % OBJECTS;
+        let mut e = event(&format!("evt_{n}"), &format!("cus_{i}"), n as i64);
+        e.payload = format!(
+            "{{\"id\":\"evt_{n}\",\"object\":\"event\",\"type\":\"customer.updated\",\"data\":{{\"object\":{{\"id\":\"cus_{i}\",\"name\":\"n{n}\",\"pad\":\"{padding}\"}}}}}}"
+        );
+        let (row, _) = s.inbox_receive(&e, 60_000).await.unwrap();
+        s.update(
+            &CUSTOMER,
+            &ids[i],
+            &obj(json!({"name": format!("n{n}"), "email": format!("c{i}@example.com")})),
+            None,
+            "stripe",
+        )
+        .await
+        .unwrap();
+        s.inbox_settle(row.id, InboxOutcome::Applied, Some(&ids[i]), None).await.unwrap();
+        if n % 500 == 499 {
+            s.dispatch(&crm(), 10_000).await.unwrap();
+            drain(s).await;
+        }
+    }
+    s.dispatch(&crm(), 10_000).await.unwrap();
+    drain(s).await;
+    let full = used_bytes(&file).await;
+    let cutoff = tick().await;
+    let started = std::time::Instant::now();
+    let p = s.prune(&before(cutoff, 1000)).await.unwrap();
+    let took = started.elapsed();
+    let after = used_bytes(&file).await;
+    let per = |b: i64| (b - base) as f64 / EVENTS as f64;
+    println!("{EVENTS} events over {OBJECTS} objects (debug build, SQLite):");
+    println!("  before prune: {:.0} bytes/event ({} bytes above the {OBJECTS} records)", per(full), full - base);
+    println!("  after prune:  {:.0} bytes/event ({} bytes)", per(after), after - base);
+    println!(
+        "  pruned {p:?} in {took:?} ({:.1} ms per transaction)",
+        took.as_secs_f64() * 1e3 / p.transactions.max(1) as f64
+    );
+}
+
+async fn drain(s: &Store) {
+    loop {
+        let claimed = s.claim("crm", "n1", 1000, 60_000, &[]).await.unwrap();
+        if claimed.is_empty() {
+            return;
+        }
+        let done: Vec<Finish> = claimed.iter().map(|_| finish(DeliveryStatus::Delivered)).collect();
+        let items: Vec<_> = claimed.iter().map(|c| &c.delivery).zip(done.iter()).collect();
+        s.finish_many("n1", &items).await.unwrap();
+    }
+}
+
+/// Pages in use (file pages minus the free list), in bytes: what the data takes,
+/// whether or not the file has been vacuumed.
+async fn used_bytes(file: &str) -> i64 {
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{file}")).await.unwrap();
+    let q = |sql: &'static str| {
+        let pool = pool.clone();
+        async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(&pool).await.unwrap() }
+    };
+    let used = (q("PRAGMA page_count").await - q("PRAGMA freelist_count").await) * q("PRAGMA page_size").await;
+    pool.close().await;
+    used
+}
