@@ -100,6 +100,7 @@ pub(crate) async fn run(
                         delivery_attempts = p.delivery_attempts,
                         changes = p.changes,
                         transactions = p.transactions,
+                        longest_write_ms = p.longest_write_ms,
                         ms = started.elapsed().as_millis() as u64,
                         "pruned rows older than {}",
                         humantime(age)

@@ -28,7 +28,7 @@ use crate::{now_ms, on_read, on_write, Dialect, Result, Store, StoreError};
 pub const HORIZON_CURSOR: &str = "retention:changes";
 
 /// Rows looked at per transaction.
-pub const DEFAULT_BATCH: usize = 1000;
+pub const DEFAULT_BATCH: usize = 500;
 
 /// One pass's settings.
 #[derive(Debug, Clone)]
@@ -68,12 +68,19 @@ pub struct Pruned {
     pub changes: u64,
     /// Write transactions the pass took.
     pub transactions: u64,
+    /// The longest of them (ms): how long the pass held the writer at once.
+    pub longest_write_ms: u64,
 }
 
 impl Pruned {
     /// Rows deleted or emptied, all tables.
     pub fn total(&self) -> u64 {
         self.inbox + self.inbox_payloads + self.deliveries + self.delivery_attempts + self.changes
+    }
+
+    fn wrote(&mut self, started: std::time::Instant) {
+        self.transactions += 1;
+        self.longest_write_ms = self.longest_write_ms.max(started.elapsed().as_millis() as u64);
     }
 
     /// (table label, count) for metrics and output.
@@ -187,6 +194,7 @@ impl Store {
                 .await?
             });
             if todo > 0 {
+                let write = std::time::Instant::now();
                 let (deleted, emptied) = on_write!(self, |pool, _d| {
                     let mut tx = pool.begin().await?;
                     let deleted = sqlx::query(&format!(
@@ -212,7 +220,7 @@ impl Store {
                 });
                 out.inbox += deleted;
                 out.inbox_payloads += emptied;
-                out.transactions += 1;
+                out.wrote(write);
                 self.count_pruned(&[("inbox", deleted), ("inbox_payload", emptied)]);
                 self.between_batches(r).await;
             }
@@ -249,12 +257,13 @@ impl Store {
                 .await?
             });
             let Some((at, id)) = last else { return Ok(()) };
+            let write = std::time::Instant::now();
             let (deliveries, attempts) = on_write!(self, |pool, d| {
                 let mut tx = pool.begin().await?;
                 if d == Dialect::Postgres {
                     // A replay waiting on these rows then finds them gone, and a
                     // replayed row (finished_at cleared) drops out before its attempts go.
-                    sqlx::query(&format!("SELECT 1 FROM deliveries WHERE {DELIVERY_OLD} FOR UPDATE"))
+                    sqlx::query(&format!("SELECT 1 FROM deliveries WHERE {DELIVERY_OLD} ORDER BY id FOR UPDATE"))
                         .bind(bound)
                         .bind(at)
                         .bind(id)
@@ -282,7 +291,7 @@ impl Store {
             });
             out.deliveries += deliveries;
             out.delivery_attempts += attempts;
-            out.transactions += 1;
+            out.wrote(write);
             self.count_pruned(&[("deliveries", deliveries), ("delivery_attempts", attempts)]);
             self.between_batches(r).await;
             if deliveries == 0 {
@@ -324,6 +333,7 @@ impl Store {
                     .await?
             });
             if todo > 0 {
+                let write = std::time::Instant::now();
                 let gone = on_write!(self, |pool, d| {
                     let mut tx = pool.begin().await?;
                     let gone: Vec<i64> =
@@ -350,7 +360,7 @@ impl Store {
                     gone.len() as u64
                 });
                 out.changes += gone;
-                out.transactions += 1;
+                out.wrote(write);
                 self.count_pruned(&[("changes", gone)]);
                 self.between_batches(r).await;
             }

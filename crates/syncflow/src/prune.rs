@@ -44,9 +44,10 @@ pub async fn run(store: Store, config: &Config, config_loaded: bool, older_than:
         println!("  {table:<18} {n}");
     }
     println!(
-        "{} rows in {} transactions, {:.1}s; change-log horizon: seq {horizon}",
+        "{} rows in {} transactions (longest {} ms), {:.1}s; change-log horizon: seq {horizon}",
         pruned.total(),
         pruned.transactions,
+        pruned.longest_write_ms,
         started.elapsed().as_secs_f64()
     );
     Ok(())
