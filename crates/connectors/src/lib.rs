@@ -400,17 +400,18 @@ pub fn build(system: &str, kind: &str, settings: toml::Table) -> Result<Arc<dyn 
     }
 }
 
-/// Parses `"250ms"`, `"2s"`, `"5m"`, `"1h"` (or a bare number of seconds).
+/// Parses `"250ms"`, `"2s"`, `"5m"`, `"1h"`, `"7d"` (or a bare number of seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let (num, unit) = t.find(|c: char| c.is_ascii_alphabetic()).map_or((t, "s"), |i| t.split_at(i));
-    let n: f64 = num.trim().parse().map_err(|_| format!("`{text}` is not a duration like 500ms, 2s or 5m"))?;
+    let n: f64 = num.trim().parse().map_err(|_| format!("`{text}` is not a duration like 500ms, 2s, 5m or 7d"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("`{text}`: unknown unit `{unit}` (use ms, s, m or h)")),
+        "d" => n * 86_400.0,
+        _ => return Err(format!("`{text}`: unknown unit `{unit}` (use ms, s, m, h or d)")),
     };
     if !(0.0..=86_400.0 * 365.0).contains(&secs) {
         return Err(format!("`{text}` is out of range"));
@@ -429,7 +430,8 @@ mod tests {
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
         assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("3d").is_err());
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86_400));
+        assert!(parse_duration("3w").is_err());
     }
 
     #[test]

@@ -35,6 +35,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ("syncflow_queue_depth", Kind::Gauge, "Unfinished deliveries (pending, retrying, in flight), by system."),
     ("syncflow_queue_dead", Kind::Gauge, "Dead deliveries awaiting replay, by system."),
     ("syncflow_inbox_events_total", Kind::Counter, "Inward events received, by system, source and outcome."),
+    (
+        "syncflow_retention_pruned_total",
+        Kind::Counter,
+        "Rows removed by retention, by table (inbox_payload: raw payloads emptied).",
+    ),
     ("syncflow_queue_oldest_age_seconds", Kind::Gauge, "Age of the oldest unfinished delivery, by system."),
     (
         "syncflow_sync_items_total",

@@ -88,6 +88,7 @@ pub struct Engine {
     started_at: String,
     /// True once the other nodes have counted this one (see `cluster`).
     joined: watch::Sender<bool>,
+    retention: crate::retention::RetentionSettings,
 }
 
 impl Engine {
@@ -134,6 +135,7 @@ impl Engine {
             cluster: ClusterSettings::default(),
             started_at: syncflow_core::now_timestamp(),
             joined: watch::channel(false).0,
+            retention: Default::default(),
         })
     }
 
@@ -141,6 +143,18 @@ impl Engine {
     pub fn with_cluster(mut self, settings: ClusterSettings) -> Self {
         self.cluster = settings;
         self
+    }
+
+    /// What the retention loop prunes, and how often (see `retention.rs`).
+    pub fn with_retention(mut self, settings: crate::retention::RetentionSettings) -> Self {
+        self.retention = settings;
+        self
+    }
+
+    /// Systems whose delivery outcomes a status publisher sends out (their
+    /// `status:<system>` cursors hold retention back).
+    pub fn status_systems(&self) -> Vec<String> {
+        self.systems.iter().filter(|s| s.connector.status_sink().is_some()).map(|s| s.config.name.clone()).collect()
     }
 
     /// This node's id (its row in `nodes`, the owner of its leases).
@@ -173,6 +187,9 @@ impl Engine {
     pub fn spawn(self: &Arc<Self>, shutdown: watch::Receiver<bool>) -> JoinSet<()> {
         let mut tasks = JoinSet::new();
         tasks.spawn(self.clone().cluster(shutdown.clone()));
+        let retention =
+            crate::retention::run(self.store.clone(), self.retention, self.status_systems(), shutdown.clone());
+        tasks.spawn(retention);
         if self.systems.is_empty() {
             return tasks;
         }

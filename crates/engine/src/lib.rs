@@ -13,6 +13,7 @@ pub mod inward;
 mod log;
 pub mod policy;
 pub mod reconcile;
+pub mod retention;
 pub mod status;
 pub mod subscription;
 
@@ -20,3 +21,4 @@ pub use breaker::BreakerSettings;
 pub use config::SystemConfig;
 pub use engine::{ClusterSettings, Engine, EngineError};
 pub use inward::{InwardError, Pipeline, PollReport, WebhookError, WebhookReceipt};
+pub use retention::RetentionSettings;

@@ -36,6 +36,9 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     InvalidCursor(String),
+    /// A cursor below the retention horizon: sync again from the start.
+    #[error("{0}")]
+    CursorExpired(String),
     #[error("{0}")]
     NotFound(String),
     #[error("version mismatch: If-Match names version {expected}, the record is at version {current}")]
@@ -64,6 +67,7 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::InvalidCursor(_) => StatusCode::BAD_REQUEST,
+            ApiError::CursorExpired(_) => StatusCode::GONE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::VersionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -82,6 +86,7 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::InvalidCursor(_) => "invalid_cursor",
+            ApiError::CursorExpired(_) => "cursor_expired",
             ApiError::NotFound(_) => "not_found",
             ApiError::VersionMismatch { .. } => "version_mismatch",
             ApiError::Conflict(_) => "conflict",
@@ -145,6 +150,10 @@ impl From<StoreError> for ApiError {
             ),
             StoreError::CursorAhead { .. } => ApiError::InvalidCursor(format!(
                 "{message}: it was issued by another hub or before a restore; sync again without a cursor"
+            )),
+            StoreError::CursorExpired { .. } => ApiError::CursorExpired(format!(
+                "{message}: changes after it are no longer kept; do a full resync (sync without a cursor, \
+                 or read from after=0) and replace the local copy"
             )),
             other => ApiError::Internal(other.to_string()),
         }

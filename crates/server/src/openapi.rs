@@ -33,7 +33,7 @@ pub fn build() -> Value {
         json!({"type": "object", "required": ["error"], "properties": {"error": {
             "type": "object", "required": ["code", "message"],
             "properties": {
-                "code": {"type": "string", "enum": ["bad_request", "unauthorized", "forbidden", "invalid_cursor", "not_found", "version_mismatch", "conflict",
+                "code": {"type": "string", "enum": ["bad_request", "unauthorized", "forbidden", "invalid_cursor", "cursor_expired", "not_found", "version_mismatch", "conflict",
                     "unsupported_media_type", "payload_too_large", "validation_failed", "unavailable", "internal",
                     "idempotency_key_reused", "idempotency_key_in_use"]},
                 "message": {"type": "string"},
@@ -171,6 +171,7 @@ pub fn build() -> Value {
                 "has_more": {"type": "boolean", "description": "with record_id or order=desc"},
                 "next_after": {"type": ["integer", "null"], "description": "pass as `after` next time (null: the last page of a newest-first read)"}}})),
                 "400": error_response("bad parameter, or `after` beyond the log (invalid_cursor)"),
+                "410": error_response("`after` is older than the retained log (cursor_expired): read again from after=0"),
                 "403": error_response("entity not allowed for this client")}}}),
     );
     paths.insert(
@@ -183,6 +184,7 @@ pub fn build() -> Value {
             "responses": {"200": {"description": "text/event-stream; data is a Change; idle streams get `: keep-alive` comments",
                     "content": {"text/event-stream": {"schema": {"type": "string"}}}},
                 "400": error_response("bad parameter, or a position beyond the log"),
+                "410": error_response("a position older than the retained log (cursor_expired): start again without one"),
                 "403": error_response("entity not allowed for this client")}}}),
     );
     schemas.insert("SyncChange".into(), json!({"type": "object", "required": ["entity"],
@@ -227,6 +229,7 @@ pub fn build() -> Value {
                         "version": {"type": "integer"}, "updated_at": {"type": "string"}, "writer": {"type": "string"},
                         "record": {"type": "object", "description": "current state; a tombstone (deleted_at set) for a delete"}}}}}})),
                 "400": error_response("malformed JSON or invalid cursor"),
+                "410": error_response("cursor older than the retained change log (cursor_expired): sync again without a cursor (full resync)"),
                 "401": error_response("missing token"),
                 "403": error_response("entity not allowed for this client; nothing applied"),
                 "422": error_response("invalid items, listed with their index; nothing applied")}}}),

@@ -21,7 +21,7 @@ use axum::Router;
 use futures_util::stream::{self, Stream};
 use syncflow_core::metrics::Registry;
 use syncflow_core::{Change, Entity};
-use syncflow_store::{Store, StoreError};
+use syncflow_store::Store;
 use tokio::sync::watch;
 
 use crate::auth::Principal;
@@ -64,14 +64,7 @@ async fn stream_changes(
         )));
     }
     let entities = principal.entity_filter(q.get("entity"))?;
-    let head = state.store.head_seq().await?;
-    let cursor = match start_position(&headers, &q)? {
-        Some(n) if n > head => {
-            return Err(StoreError::CursorAhead { cursor: n, head }.into());
-        }
-        Some(n) => n,
-        None => head,
-    };
+    let cursor = state.store.reader_start(start_position(&headers, &q)?).await?;
     let follow = Follow {
         store: state.store.clone(),
         entities,

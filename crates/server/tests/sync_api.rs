@@ -89,6 +89,7 @@ backend_tests!(
     bad_input_is_refused_and_changes_nothing,
     tokens_are_limited_to_their_entities,
     reject_stale_per_request_and_per_client,
+    a_cursor_older_than_retention_is_gone_and_a_full_resync_works,
 );
 
 async fn offline_client_converges_with_late_write_and_delete(t: TestStore) {
@@ -352,4 +353,50 @@ async fn reject_stale_per_request_and_per_client(t: TestStore) {
     assert_eq!(r["results"][0]["conflict"]["losing"]["value"]["name"], "v2");
     let (s, r) = app.post("/v1/sync", Some("tok-lax"), &json!({"conflict_policy": "coin_toss"})).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{r}");
+}
+
+/// Retention pruned changes after a client's cursor: its next sync is `410
+/// cursor_expired` (reading on would silently skip what was pruned); a sync
+/// without a cursor is the full resync, and cursors at or above the horizon read on.
+async fn a_cursor_older_than_retention_is_gone_and_a_full_resync_works(t: TestStore) {
+    let app = two_clients(t);
+    let store = app.state.store.clone();
+    let (_, x) = app.post("/v1/customers", Some(ADMIN), &json!({"name": "x1"})).await;
+    let path = format!("/v1/customers/{}", x["id"].as_str().unwrap());
+    let mut b = SimClient::new("tok-b");
+    b.sync(&app).await;
+    let old_cursor = b.cursor.clone().unwrap();
+    for name in ["x2", "x3"] {
+        let body = json!({"name": name}).to_string();
+        assert_eq!(app.send(axum::http::Method::PATCH, &path, Some(ADMIN), Some(&body)).await.0, StatusCode::OK);
+    }
+    let mut a = SimClient::new("tok-a");
+    a.sync(&app).await;
+    store.dispatch(&[], 100).await.unwrap();
+    let start = syncflow_store::now_ms();
+    while syncflow_store::now_ms() <= start {
+        tokio::task::yield_now().await;
+    }
+    let pruned = store.prune(&syncflow_store::Retention::older_than(std::time::Duration::ZERO)).await.unwrap();
+    assert_eq!(pruned.changes, 2, "x v1 and v2: {pruned:?}");
+
+    let (status, body) = app.post("/v1/sync", Some("tok-b"), &json!({"cursor": old_cursor})).await;
+    assert_eq!(status, StatusCode::GONE, "{body}");
+    assert_eq!(body["error"]["code"], "cursor_expired");
+    assert!(body["error"]["message"].as_str().unwrap().contains("full resync"), "{body}");
+    let (status, _) = app.get("/v1/changes?after=1", Some(ADMIN)).await;
+    assert_eq!(status, StatusCode::GONE);
+    let (status, _) = app.get("/v1/stream?after=1", Some(ADMIN)).await;
+    assert_eq!(status, StatusCode::GONE);
+
+    // The full resync: no cursor, every record's current state.
+    let mut fresh = SimClient::new("tok-b");
+    fresh.sync(&app).await;
+    let names: Vec<Value> = fresh.customers().values().map(|(name, _, _)| name.clone()).collect();
+    assert_eq!(names, vec![json!("x3")]);
+    // A client whose cursor is past the horizon reads on as before.
+    let (status, body) = app.post("/v1/sync", Some("tok-a"), &json!({"cursor": a.cursor})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = app.get("/v1/changes?after=0", Some(ADMIN)).await;
+    assert_eq!(status, StatusCode::OK);
 }

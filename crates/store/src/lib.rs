@@ -22,6 +22,7 @@ pub mod inbox;
 mod migrate;
 pub mod nodes;
 pub mod reconcile;
+pub mod retention;
 mod sync;
 pub mod testing;
 
@@ -49,6 +50,7 @@ pub use idempotency::{KeyClaim, StoredResponse, IDEMPOTENCY_TTL_MS};
 pub use inbox::{InboxEvent, InboxOutcome, InboxRef, InwardWrite, NewInboxEvent};
 pub use nodes::Node;
 pub use reconcile::{Hold, ReconcileRun, RunEnd};
+pub use retention::{Pruned, Retention};
 pub use sync::{
     client_writer, ChangePage, ItemConflict, ItemError, ItemOutcome, ItemStatus, LosingSide, PullPage, PulledRecord,
     SyncBatch, SyncItem, Winner,
@@ -69,6 +71,10 @@ pub enum StoreError {
     /// database (or this one was restored from an older backup).
     #[error("cursor {cursor} is ahead of the change log (head {head})")]
     CursorAhead { cursor: i64, head: i64 },
+    /// A sync cursor below the retention horizon: changes after it were pruned, so
+    /// reading on from it could miss some; the client must sync from the start.
+    #[error("cursor {cursor} is older than the retained change log (pruned up to {horizon})")]
+    CursorExpired { cursor: i64, horizon: i64 },
     #[error("unsupported database url `{0}`: use a file path, sqlite:PATH or postgres://…")]
     BadUrl(String),
     #[error("migration {version} failed: {source}")]

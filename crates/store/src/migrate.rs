@@ -28,6 +28,7 @@ const SQLITE: &[Migration] = migrations!("sqlite":
     8 "reconcile" "0008_reconcile.sql",
     9 "cluster" "0009_cluster.sql",
     10 "delivery_claim" "0010_delivery_claim.sql",
+    11 "retention" "0011_retention.sql",
 );
 
 const POSTGRES: &[Migration] = migrations!("postgres":
@@ -41,6 +42,7 @@ const POSTGRES: &[Migration] = migrations!("postgres":
     8 "reconcile" "0008_reconcile.sql",
     9 "cluster" "0009_cluster.sql",
     10 "delivery_claim" "0010_delivery_claim.sql",
+    11 "retention" "0011_retention.sql",
 );
 
 /// Arbitrary constant naming syncflow's migration lock.

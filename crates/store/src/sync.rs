@@ -592,10 +592,8 @@ impl Store {
     /// with clock writer `writer` lacks, in their current state, coalesced per
     /// record and ordered by their last change. Reads at most `limit` changes.
     pub async fn pull(&self, writer: &str, after: i64, limit: usize, entities: &[&'static Entity]) -> Result<PullPage> {
-        let head = self.head_seq().await?;
-        if after > head {
-            return Err(StoreError::CursorAhead { cursor: after, head });
-        }
+        let (head, horizon) = self.cursor_bounds().await?;
+        crate::retention::check_cursor(after, head, horizon)?;
         let limit = limit.clamp(1, 10_000);
         if entities.is_empty() {
             return Ok(PullPage { records: Vec::new(), next_after: head, has_more: false });
@@ -738,10 +736,8 @@ impl Store {
         limit: usize,
         entities: Option<&[&'static Entity]>,
     ) -> Result<ChangePage> {
-        let head = self.head_seq().await?;
-        if after > head {
-            return Err(StoreError::CursorAhead { cursor: after, head });
-        }
+        let (head, horizon) = self.cursor_bounds().await?;
+        crate::retention::check_cursor(after, head, horizon)?;
         if entities.is_some_and(<[_]>::is_empty) {
             return Ok(ChangePage { changes: Vec::new(), next_after: head });
         }

@@ -16,6 +16,9 @@ use serde::Deserialize;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// How long settled inbox events, finished deliveries and passed changes are
+    /// kept (`"7d"`; `"off"` keeps everything). Default: 7 days.
+    pub retention: Option<String>,
     #[serde(default)]
     pub server: ServerConfig,
     /// `[[systems]]` blocks, parsed by the engine (common keys) and each
@@ -91,6 +94,14 @@ impl std::fmt::Debug for ServerConfig {
 }
 
 impl Config {
+    /// The `retention` age; `None` when it is "off" (the default is 7 days).
+    pub fn retention_age(&self) -> Result<Option<std::time::Duration>> {
+        match &self.retention {
+            Some(text) => syncflow_engine::retention::parse_age(text).map_err(|e| anyhow!(e)),
+            None => Ok(Some(syncflow_engine::retention::DEFAULT_AGE)),
+        }
+    }
+
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
         Self::parse(&text, |name| std::env::var(name).ok()).with_context(|| format!("in config {}", path.display()))
@@ -217,6 +228,11 @@ pub const STARTER: &str = r#"# Syncflow configuration.
 # Any string may reference the environment as ${VAR}; keep secrets there.
 # Command-line flags and SYNCFLOW_* environment variables override this file.
 
+# How long settled inbox events, finished deliveries (dead ones too) and change-log
+# rows every reader has passed are kept before they are pruned ("off" keeps
+# everything). `syncflow prune --older-than 7d` runs one pass now.
+retention = "7d"
+
 [server]
 # Address of the HTTP API. A non-loopback address requires api_tokens
 # (or --insecure-no-auth).
@@ -317,6 +333,10 @@ mod tests {
     fn starter_parses() {
         let c = Config::parse(STARTER, |_| None).unwrap();
         assert_eq!(c.server.listen.as_deref(), Some("127.0.0.1:8080"));
+        assert_eq!(c.retention_age().unwrap(), Some(std::time::Duration::from_secs(7 * 86_400)));
+        let off = Config::parse("retention = \"off\"\n", |_| None).unwrap();
+        assert_eq!(off.retention_age().unwrap(), None);
+        assert!(Config::parse("retention = \"soon\"\n", |_| None).unwrap().retention_age().is_err());
     }
 
     /// Every connector kind has a commented example block, and uncommented it is

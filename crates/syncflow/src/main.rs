@@ -5,6 +5,7 @@ mod backfill;
 mod config;
 mod demo;
 mod ops;
+mod prune;
 mod reconcile;
 mod sandbox;
 
@@ -15,7 +16,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use syncflow_engine::{Engine, SystemConfig};
+use syncflow_engine::{Engine, RetentionSettings, SystemConfig};
 use syncflow_server::{router, ApiTokens, AppState, Clients};
 use syncflow_store::Store;
 
@@ -124,6 +125,19 @@ enum Command {
         /// Heal what is found through ordinary deliveries and inward applies.
         #[arg(long)]
         repair: bool,
+    },
+    /// Run one retention pass now: prune settled inbox events, finished
+    /// deliveries and passed change-log rows older than an age (as `serve` does
+    /// with the `retention` setting), and print what each table lost.
+    Prune {
+        #[command(flatten)]
+        db: DbArgs,
+        /// Age to prune after (`7d`, `36h`, `90m`).
+        #[arg(long)]
+        older_than: String,
+        /// Rows one transaction looks at.
+        #[arg(long, default_value_t = syncflow_store::retention::DEFAULT_BATCH)]
+        batch: usize,
     },
     /// Write a commented starter configuration file.
     Init {
@@ -291,6 +305,10 @@ fn run(cli: Cli) -> Result<()> {
                         ops::known_system(&store, &config, &system).await?;
                         reconcile::run(store, &config, &system, entity.as_deref(), repair).await
                     }
+                    Command::Prune { db, older_than, batch } => {
+                        let store = db.open_existing(&config).await?;
+                        prune::run(store, &config, config_loaded, &older_than, batch).await
+                    }
                     Command::Init { .. } => unreachable!("handled above"),
                 }
             })
@@ -345,8 +363,10 @@ async fn serve(args: ServeArgs, config: Config, ready: Option<tokio::sync::onesh
         .map(SystemConfig::from_table)
         .collect::<Result<Vec<_>, _>>()
         .context("in [[systems]]")?;
+    let retention = RetentionSettings { age: config.retention_age()?, ..Default::default() };
     let store = args.db.open(&config).await?;
-    let engine = Arc::new(Engine::new(store.clone(), systems.clone()).context("in [[systems]]")?);
+    let engine =
+        Arc::new(Engine::new(store.clone(), systems.clone()).context("in [[systems]]")?.with_retention(retention));
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     let bound = listener.local_addr()?;
     let auth = if tokens.is_empty() && !clients.has_tokens() { "off" } else { "bearer" };

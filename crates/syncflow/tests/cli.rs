@@ -211,7 +211,12 @@ fn run_in(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
 #[tokio::test]
 async fn reading_commands_refuse_to_create_a_hub_and_check_names() {
     let dir = temp_dir();
-    for args in [&["deliveries"][..], &["replay", "--system", "stripe"], &["history", "cust_x"]] {
+    for args in [
+        &["deliveries"][..],
+        &["replay", "--system", "stripe"],
+        &["history", "cust_x"],
+        &["prune", "--older-than", "7d"],
+    ] {
         let (ok, _, err) = run_in(&dir, args);
         assert!(!ok, "{args:?} must fail");
         assert!(err.contains("no hub database at syncflow.db") && err.contains("--database-url"), "{args:?}: {err}");
@@ -242,5 +247,37 @@ async fn reading_commands_refuse_to_create_a_hub_and_check_names() {
     assert!(out.contains("upsert v1") && out.contains("crm") && out.contains("pending"), "{out}");
     let (ok, _, err) = run_in(&dir, &["history", "cust_unknown", "--database-url", &url]);
     assert!(!ok && err.contains("no customer with id `cust_unknown`"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `syncflow prune --older-than AGE` runs one retention pass on an existing hub
+/// and prints what each table lost.
+#[tokio::test]
+async fn prune_runs_one_pass_and_prints_counts() {
+    let dir = temp_dir();
+    let url = format!("sqlite:{}", dir.join("hub.db").display());
+    let store = syncflow_store::Store::open(&url).await.unwrap();
+    let c = store.create(&syncflow_core::CUSTOMER, json!({"name": "v1"}).as_object().unwrap(), "api").await.unwrap();
+    for name in ["v2", "v3"] {
+        store
+            .update(&syncflow_core::CUSTOMER, &c.id, json!({"name": name}).as_object().unwrap(), None, "api")
+            .await
+            .unwrap();
+    }
+    store.dispatch(&[], 10).await.unwrap();
+    store.close().await;
+
+    let (ok, _, err) = run_in(&dir, &["prune", "--older-than", "off", "--database-url", &url]);
+    assert!(!ok && err.contains("--older-than"), "{err}");
+    let (ok, out, _) = run_in(&dir, &["prune", "--older-than", "7d", "--database-url", &url]);
+    assert!(ok && out.contains("older than 7d") && out.contains("0 rows"), "nothing is a week old: {out}");
+    // The process starts well over a millisecond after those writes.
+    let (ok, out, err) = run_in(&dir, &["prune", "--older-than", "1ms", "--database-url", &url]);
+    assert!(ok, "{err}");
+    let line = out.lines().find(|l| l.trim_start().starts_with("changes")).unwrap_or_default().to_string();
+    assert_eq!(line.split_whitespace().collect::<Vec<_>>(), ["changes", "2"], "{out}");
+    assert!(out.contains("horizon: seq 2"), "{out}");
+    let (ok, out, _) = run_in(&dir, &["history", &c.id, "--database-url", &url]);
+    assert!(ok && out.contains("upsert v3") && !out.contains("upsert v1"), "{out}");
     let _ = std::fs::remove_dir_all(dir);
 }
