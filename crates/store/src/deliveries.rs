@@ -186,6 +186,9 @@ pub(crate) const DELIVERY_COLUMNS: &str =
 
 const UNFINISHED: &str = "('pending', 'retrying', 'in_flight')";
 
+/// Windows of waiting rows one claim reads at most (each `4 × limit` rows).
+const CLAIM_WINDOWS: usize = 8;
+
 pub(crate) fn decode_delivery<'r, R>(row: &'r R) -> Result<Delivery>
 where
     R: Row,
@@ -380,11 +383,14 @@ impl Store {
         on_write!(self, |pool, d| {
             let mut tx = pool.begin().await?;
             let skip_locked = if d == Dialect::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
-            // Only a record's head is eligible: no earlier unfinished delivery of the
-            // same record (probed in `deliveries_open`).
+            // Only a record's head is eligible: the record's earliest unfinished
+            // delivery. A correlated scalar subquery (one probe of `deliveries_open`
+            // per row) rather than NOT EXISTS: PostgreSQL turned the anti-join into a
+            // scan of every open row of the system per candidate when its statistics
+            // were stale (right after a bulk load), and claims took seconds.
             let head = format!(
-                "NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.system = d.system AND e.ordering_key = d.ordering_key \
-                 AND e.change_seq < d.change_seq AND e.status IN {UNFINISHED})"
+                "d.change_seq = (SELECT e.change_seq FROM deliveries e WHERE e.system = d.system \
+                 AND e.ordering_key = d.ordering_key AND e.status IN {UNFINISHED} ORDER BY e.change_seq LIMIT 1)"
             );
             // Pushes whose worker died (lease over) first: they were claimed before
             // anything still waiting. Usually none, found in `deliveries_leased`.
@@ -398,23 +404,53 @@ impl Store {
             .bind(limit as i64)
             .fetch_all(&mut *tx)
             .await?;
-            // Then waiting rows by lane and change order (`deliveries_ready`, whose
-            // predicate the status term repeats so both planners use it): the scan
-            // never steps over pushes in flight and stops after `limit`.
-            if heads.len() < limit {
-                heads.extend(
-                    sqlx::query(&format!(
-                        "SELECT {DELIVERY_COLUMNS}, ordering_key FROM deliveries d
-                         WHERE d.system = $1 AND d.status IN ('pending', 'retrying') AND d.next_attempt_at <= $2
-                           AND {head}
-                         ORDER BY d.lane, d.change_seq LIMIT $3{skip_locked}"
-                    ))
-                    .bind(system.to_string())
-                    .bind(now)
-                    .bind((limit - heads.len()) as i64)
-                    .fetch_all(&mut *tx)
-                    .await?,
+            // Then waiting rows in lane and change order, a window at a time from
+            // `deliveries_ready` (ORDER BY + LIMIT on its exact order, so no planner
+            // prefers reading the whole backlog and sorting it), keeping the heads.
+            // Rows behind a record's unfinished head are stepped over; a window full
+            // of them (a hot record's queue) is followed by the next one.
+            let mut ready: Vec<i64> = Vec::new();
+            let window = (limit * 4).clamp(64, 4096);
+            let mut after: Option<(i64, i64)> = None;
+            for _ in 0..CLAIM_WINDOWS {
+                if heads.len() + ready.len() >= limit {
+                    break;
+                }
+                let past = if after.is_some() { "AND (d.lane, d.change_seq) > ($4, $5)" } else { "" };
+                let sql = format!(
+                    "SELECT d.id, d.lane, d.change_seq, CAST(CASE WHEN {head} THEN 1 ELSE 0 END AS BIGINT)
+                     FROM deliveries d
+                     WHERE d.system = $1 AND d.status IN ('pending', 'retrying') AND d.next_attempt_at <= $2 {past}
+                     ORDER BY d.lane, d.change_seq LIMIT $3"
                 );
+                let mut q = sqlx::query(&sql).bind(system.to_string()).bind(now).bind(window as i64);
+                if let Some((lane, seq)) = after {
+                    q = q.bind(lane).bind(seq);
+                }
+                let rows = q.fetch_all(&mut *tx).await?;
+                for row in &rows {
+                    if row.try_get::<i64, _>(3)? == 1 {
+                        ready.push(row.try_get(0)?);
+                    }
+                }
+                match rows.last() {
+                    Some(last) if rows.len() == window => after = Some((last.try_get(1)?, last.try_get(2)?)),
+                    _ => break,
+                }
+            }
+            ready.truncate(limit.saturating_sub(heads.len()));
+            if !ready.is_empty() {
+                // Locked (PostgreSQL) and re-checked: another node may have taken some.
+                let sql = format!(
+                    "SELECT {DELIVERY_COLUMNS}, ordering_key FROM deliveries
+                     WHERE id IN ({}) AND status IN ('pending', 'retrying') ORDER BY lane, change_seq{skip_locked}",
+                    placeholders(1, ready.len())
+                );
+                let mut q = sqlx::query(&sql);
+                for id in &ready {
+                    q = q.bind(id);
+                }
+                heads.extend(q.fetch_all(&mut *tx).await?);
             }
             if heads.is_empty() {
                 return Ok(Vec::new());
@@ -800,7 +836,9 @@ impl Store {
         on_read!(self, |pool, _d| {
             let rows = sqlx::query(
                 "SELECT system, status, COUNT(*), MIN(created_at) FROM deliveries \
-                 WHERE status IN ('pending', 'retrying', 'in_flight', 'dead') GROUP BY system, status",
+                 WHERE status IN ('pending', 'retrying', 'in_flight') GROUP BY system, status \
+                 UNION ALL SELECT system, status, COUNT(*), MIN(created_at) FROM deliveries \
+                 WHERE status = 'dead' GROUP BY system, status",
             )
             .fetch_all(pool)
             .await?;
