@@ -441,7 +441,10 @@ impl Store {
                 return Ok(current);
             }
             check_references!(tx, d, entity, &fields, Some(&current.fields));
-            check_natural_key!(tx, entity, &fields, &current.id);
+            // The natural key is asked about only when it changes (most updates keep it).
+            if entity.natural_key.is_some_and(|k| fields.get(k) != current.fields.get(k)) {
+                check_natural_key!(tx, entity, &fields, &current.id);
+            }
             let record = Record { version: current.version + 1, updated_at: now_timestamp(), fields, ..current };
             let sql = update_sql(entity, d);
             bind_record!(sqlx::query(&sql), &record)
