@@ -128,7 +128,8 @@ pub async fn main(args: LoadArgs) -> Result<()> {
     }
     let secs = started.elapsed().as_secs_f64();
     lat.sort_by(|a, b| a.total_cmp(b));
-    let out = json!({"sent": lat.len(), "secs": secs, "p50_ms": percentile(&lat, 50.0), "p99_ms": percentile(&lat, 99.0)});
+    let out =
+        json!({"sent": lat.len(), "secs": secs, "p50_ms": percentile(&lat, 50.0), "p99_ms": percentile(&lat, 99.0)});
     println!("{out}");
     Ok(())
 }

@@ -8,8 +8,8 @@
 mod dbstats;
 mod hub;
 mod kafka_scenarios;
-mod loadgen;
 mod lane_scenarios;
+mod loadgen;
 mod salesforce_scenarios;
 mod scenarios;
 mod stripe_scenarios;

@@ -140,8 +140,20 @@ pub async fn webhook_ingest(env: Env, quick: bool) -> Result<Row> {
     let objects = n / 10;
     let load = |url: &str, tag: &str| {
         [
-            "--url", url, "--kind", "webhook", "--n", &n.to_string(), "--objects", &objects.to_string(),
-            "--concurrency", "32", "--secret", WHSEC, "--tag", tag,
+            "--url",
+            url,
+            "--kind",
+            "webhook",
+            "--n",
+            &n.to_string(),
+            "--objects",
+            &objects.to_string(),
+            "--concurrency",
+            "32",
+            "--secret",
+            WHSEC,
+            "--tag",
+            tag,
         ]
         .map(str::to_string)
     };
@@ -168,7 +180,8 @@ pub async fn webhook_ingest(env: Env, quick: bool) -> Result<Row> {
         .count();
     let after = crate::dbstats::DbStats::read(&env).await?;
     drop(hub);
-    let after = if env.database_url.starts_with("sqlite:") { crate::dbstats::DbStats::read(&env).await? } else { after };
+    let after =
+        if env.database_url.starts_with("sqlite:") { crate::dbstats::DbStats::read(&env).await? } else { after };
     let (cost, cost_json) = before.per_event(&after, n);
     let rate = r.rate();
     Ok(Row {

@@ -238,10 +238,8 @@ mod tests {
 
     async fn group() -> (Arc<Group>, SqlitePool, Files) {
         let file = std::env::temp_dir().join(format!("syncflow-group-{}.db", syncflow_core::id::new_id("g")));
-        let opts = SqliteConnectOptions::new()
-            .filename(&file)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal);
+        let opts =
+            SqliteConnectOptions::new().filename(&file).create_if_missing(true).journal_mode(SqliteJournalMode::Wal);
         let write = SqlitePoolOptions::new().max_connections(1).connect_with(opts.clone()).await.unwrap();
         sqlx::query("CREATE TABLE t (k INTEGER PRIMARY KEY)").execute(&write).await.unwrap();
         let read = SqlitePoolOptions::new().max_connections(2).connect_with(opts).await.unwrap();
@@ -269,11 +267,8 @@ mod tests {
             tasks.spawn(async move {
                 insert(&g, k).await.unwrap();
                 // Answered only once committed: a fresh reader sees the row.
-                let seen: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM t WHERE k = $1")
-                    .bind(k)
-                    .fetch_one(&read)
-                    .await
-                    .unwrap();
+                let seen: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM t WHERE k = $1").bind(k).fetch_one(&read).await.unwrap();
                 assert_eq!(seen, 1, "write {k} returned before its commit");
             });
         }

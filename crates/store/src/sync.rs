@@ -17,8 +17,8 @@ use syncflow_core::{now_timestamp, Change, Entity, Op, Record};
 use syncflow_core::Storage;
 
 use crate::catalog::{
-    append_change_quiet, bind_record, change_insert_sql, decode_record, insert_sql, natural_key_owner,
-    select_list, select_one_sql, update_sql,
+    append_change_quiet, bind_record, change_insert_sql, decode_record, insert_sql, natural_key_owner, select_list,
+    select_one_sql, update_sql,
 };
 use crate::changes::{change_columns, decode_change};
 use crate::dialect::{Col, Dialect};

@@ -71,7 +71,11 @@ async fn history_tells_a_records_story_in_time_order(t: TestStore) {
     let (row, _) = s.inbox_receive(&event, 60_000).await.unwrap();
     let write = InwardWrite {
         system: "stripe".into(),
-        inbox: Some((syncflow_store::InboxRef::Id(row.id), InboxOutcome::Applied, Some("name changed in stripe".into()))),
+        inbox: Some((
+            syncflow_store::InboxRef::Id(row.id),
+            InboxOutcome::Applied,
+            Some("name changed in stripe".into()),
+        )),
         link: Some(LinkUpdate { external_id: "cus_1".into(), synced_version: 0, fingerprint: None, snapshot: None }),
         conflicts: vec![NewConflict {
             field: "name".into(),
