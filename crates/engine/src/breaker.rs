@@ -7,6 +7,10 @@
 //! it is held too. Below the threshold deletions flow as usual.
 //!
 //! The window is counted per node (in memory); the holds are shared rows.
+//!
+//! The same settings guard the other direction: hub-side deletions (API, client
+//! sync, plain SQL) on their way to the system are held by the dispatcher
+//! (`syncflow_store`'s `outward_holds.rs`; `BreakerSettings::guard`).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -33,6 +37,16 @@ impl Default for BreakerSettings {
 }
 
 impl BreakerSettings {
+    /// The dispatcher's form of these settings for `system` (`None` when off).
+    pub fn guard(&self, system: &str) -> Option<syncflow_store::DeleteGuard> {
+        self.enabled.then(|| syncflow_store::DeleteGuard {
+            system: system.to_string(),
+            count: self.count,
+            share: self.share,
+            window_ms: self.window.as_millis() as i64,
+        })
+    }
+
     pub(crate) fn take(t: &mut toml::Table) -> Result<BreakerSettings, String> {
         let mut s = BreakerSettings::default();
         match t.remove("mass_delete_breaker") {
@@ -100,7 +114,7 @@ pub(crate) async fn check(
             return Ok(None);
         }
     }
-    let open = store.held_counts().await?.get(&row.system).copied().unwrap_or(0);
+    let open = store.held_counts_on(Some("inward")).await?.get(&row.system).copied().unwrap_or(0);
     let reason = if open > 0 {
         Some(format!("{open} deletion(s) from {} are already held; release or discard them first", row.system))
     } else {

@@ -290,9 +290,10 @@ impl Engine {
             .iter()
             .map(|s| Route { system: s.config.name.clone(), entities: s.config.entities.clone() })
             .collect();
+        let guards: Vec<_> = self.systems.iter().filter_map(|s| s.config.breaker.guard(&s.config.name)).collect();
         let mut wake = self.store.subscribe();
         while !*shutdown.borrow() {
-            match self.store.dispatch(&routes, DISPATCH_BATCH).await {
+            match self.store.dispatch_guarded(&routes, &guards, DISPATCH_BATCH).await {
                 Ok((passed, created)) => {
                     if created > 0 {
                         self.systems.iter().for_each(|s| s.work.notify_one());

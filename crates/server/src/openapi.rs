@@ -271,7 +271,7 @@ pub fn build() -> Value {
     let delivery = json!({"type": "object", "properties": {
         "id": {"type": "integer"}, "change_seq": {"type": "integer"}, "system": {"type": "string"},
         "kind": {"type": "string", "enum": ["change", "callback"]}, "entity": {"type": "string"}, "record_id": {"type": "string"},
-        "op": {"type": "string"}, "status": {"type": "string", "enum": ["pending", "in_flight", "delivered", "retrying", "dead", "skipped"]},
+        "op": {"type": "string"}, "status": {"type": "string", "enum": ["pending", "in_flight", "delivered", "retrying", "dead", "skipped", "held"]},
         "attempts": {"type": "integer"}, "next_attempt_at": {"type": ["string", "null"]}, "http_status": {"type": ["integer", "null"]},
         "external_id": {"type": ["string", "null"]}, "remarks": {"type": ["string", "null"], "description": "why it failed, in words"},
         "created_at": {"type": "string"}, "updated_at": {"type": "string"}, "finished_at": {"type": ["string", "null"]}}});
@@ -303,7 +303,7 @@ pub fn build() -> Value {
         json!({"get": {"tags": ["operations"], "summary": "The transaction table, newest first by default",
             "parameters": [
                 {"name": "system", "in": "query", "schema": {"type": "string"}},
-                {"name": "status", "in": "query", "schema": {"type": "string", "enum": ["pending", "in_flight", "delivered", "retrying", "dead", "skipped"]}},
+                {"name": "status", "in": "query", "schema": {"type": "string", "enum": ["pending", "in_flight", "delivered", "retrying", "dead", "skipped", "held"]}},
                 {"name": "record_id", "in": "query", "schema": {"type": "string"}},
                 {"name": "change", "in": "query", "description": "change seq", "schema": {"type": "integer"}},
                 {"name": "after", "in": "query", "description": "delivery id of the last row of the previous page", "schema": {"type": "integer"}},

@@ -111,7 +111,11 @@ pub(crate) fn add(paths: &mut Map<String, Value>, schemas: &mut Map<String, Valu
         "Hold".into(),
         json!({"type": "object", "properties": {
             "id": {"type": "integer"}, "system": {"type": "string"}, "entity": {"type": "string"},
-            "record_id": {"type": "string"}, "external_id": {"type": "string"}, "inbox_id": {"type": "integer"},
+            "record_id": {"type": "string"}, "external_id": {"type": "string"},
+            "side": {"type": "string", "enum": ["inward", "outward"],
+                "description": "inward: a system's deletion held before the hub applies it; outward: a hub deletion held before it is delivered to the system"},
+            "origin": {"type": "string", "description": "who deleted: the system (inward), or api, sql, a client (outward)"},
+            "inbox_id": {"type": ["integer", "null"]}, "delivery_id": {"type": ["integer", "null"]},
             "status": {"type": "string", "enum": ["held", "released", "discarded"]}, "reason": {"type": "string"}}}),
     );
     let run = json!({"$ref": "#/components/schemas/ReconcileRun"});
@@ -141,7 +145,8 @@ pub(crate) fn add(paths: &mut Map<String, Value>, schemas: &mut Map<String, Valu
             json!({"200": list_of("holds", hold.clone()), "400": error("bad filter")}))}),
     );
     for (action, summary) in
-        [("release", "Apply a held deletion"), ("discard", "Drop a held deletion: the hub keeps the record")]
+        [("release", "Apply (inward) or deliver (outward) a held deletion"),
+         ("discard", "Drop a held deletion: the hub (inward) or the system (outward) keeps the record")]
     {
         paths.insert(
             format!("/v1/holds/{{id}}/{action}"),

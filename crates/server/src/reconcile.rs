@@ -35,7 +35,8 @@ fn run_json(r: &ReconcileRun) -> Value {
 fn hold_json(h: &Hold) -> Value {
     json!({
         "id": h.id, "object": "hold", "system": h.system, "entity": h.entity, "record_id": h.record_id,
-        "external_id": h.external_id, "inbox_id": h.inbox_id, "status": h.status, "reason": h.reason,
+        "external_id": h.external_id, "side": h.side, "origin": h.origin, "inbox_id": h.inbox_id,
+        "delivery_id": h.delivery_id, "status": h.status, "reason": h.reason,
         "created_at": ms_to_timestamp(h.created_at), "settled_at": h.settled_at.map(ms_to_timestamp),
     })
 }
@@ -104,15 +105,17 @@ async fn holds(State(state): State<AppState>, q: QueryMap) -> Result<Json<Value>
     ))
 }
 
-/// Releases (the deletion is applied through the inward pipeline now) or discards
-/// (the hub keeps the record; `syncflow reconcile --repair` re-pushes it) a hold.
+/// Releases or discards a hold. Inward: released, the deletion is applied through
+/// the inward pipeline now; discarded, the hub keeps the record (`syncflow reconcile
+/// --repair` re-pushes it). Outward: released, the delete delivery becomes pending;
+/// discarded, it is skipped and the system keeps the record (and its link).
 async fn settle(State(state): State<AppState>, Path(id): Path<String>, release: bool) -> Result<Json<Value>, ApiError> {
     let hold_id = id_param("hold", &id)?;
     let hold = state.store.hold(hold_id).await?.ok_or_else(|| ApiError::NotFound(format!("no hold `{id}`")))?;
     if !state.store.settle_hold(hold_id, release).await? {
         return Err(ApiError::Conflict(format!("hold {id} is already {}", hold.status)));
     }
-    if release {
+    if release && hold.side == "inward" {
         if let Some(pipeline) = state.pipelines.get(&hold.system) {
             // Apply now rather than at the next recovery round.
             if let Err(e) = pipeline.poll(false).await {

@@ -35,11 +35,21 @@ pub enum Status {
     Retrying,
     Dead,
     Skipped,
+    /// A delete the mass-delete breaker holds (`holds` row, side `outward`): never
+    /// claimed; released → pending, discarded → skipped.
+    Held,
 }
 
 impl Status {
-    pub const ALL: [Status; 6] =
-        [Status::Pending, Status::InFlight, Status::Delivered, Status::Retrying, Status::Dead, Status::Skipped];
+    pub const ALL: [Status; 7] = [
+        Status::Pending,
+        Status::InFlight,
+        Status::Delivered,
+        Status::Retrying,
+        Status::Dead,
+        Status::Skipped,
+        Status::Held,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -49,6 +59,7 @@ impl Status {
             Status::Retrying => "retrying",
             Status::Dead => "dead",
             Status::Skipped => "skipped",
+            Status::Held => "held",
         }
     }
 
@@ -268,6 +279,19 @@ impl Store {
     /// advances the cursor, in one transaction. Returns (changes passed, deliveries
     /// created). Several nodes may call this at once: the cursor row is locked.
     pub async fn dispatch(&self, routes: &[Route], batch: usize) -> Result<(usize, usize)> {
+        self.dispatch_guarded(routes, &[], batch).await
+    }
+
+    /// `dispatch` with the mass-delete breaker's settings per system (`guards`):
+    /// hub-side deletions past them are created `held`, each with a `holds` row
+    /// (see `outward_holds.rs`). Held deliveries are not counted as created.
+    pub async fn dispatch_guarded(
+        &self,
+        routes: &[Route],
+        guards: &[crate::DeleteGuard],
+        batch: usize,
+    ) -> Result<(usize, usize)> {
+        use crate::outward_holds as oh;
         self.sequence().await?;
         let now = now_ms();
         let (passed, created) = on_write!(self, |pool, d| {
@@ -287,6 +311,7 @@ impl Store {
             .await?;
             let mut created = 0;
             let mut last = cursor;
+            let mut tallies = oh::Tallies::default();
             for row in &rows {
                 let seq: i64 = row.try_get(0)?;
                 let entity: String = row.try_get(1)?;
@@ -302,6 +327,73 @@ impl Store {
                 for route in routes.iter().filter(|r| {
                     r.system != origin && only.is_none_or(|s| s == r.system) && r.entities.contains(&entity)
                 }) {
+                    // The breaker, for hub-side deletions of records linked to a guarded system.
+                    let guard = guards.iter().find(|g| g.system == route.system);
+                    if let (Some(g), true) = (guard, op == "delete" && oh::hub_side(&origin, routes)) {
+                        let external_id: Option<String> = sqlx::query_scalar(oh::LINKED_EXTERNAL_ID)
+                            .bind(&entity)
+                            .bind(&record_id)
+                            .bind(&route.system)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                        if let Some(external_id) = external_id {
+                            let key = (route.system.clone(), origin.clone());
+                            if !tallies.origins.contains_key(&key) {
+                                let open: i64 = sqlx::query_scalar(oh::OPEN_OUTWARD_HOLDS)
+                                    .bind(&route.system)
+                                    .bind(&origin)
+                                    .fetch_one(&mut *tx)
+                                    .await?;
+                                let recent: i64 = sqlx::query_scalar(oh::RECENT_DELETES)
+                                    .bind(&route.system)
+                                    .bind(now - g.window_ms)
+                                    .bind(&origin)
+                                    .fetch_one(&mut *tx)
+                                    .await?;
+                                tallies.origins.insert(key.clone(), oh::Tally { open, recent });
+                            }
+                            let lkey = (route.system.clone(), entity.clone());
+                            if !tallies.links.contains_key(&lkey) {
+                                let n: i64 = sqlx::query_scalar(oh::LINKS_OF)
+                                    .bind(&route.system)
+                                    .bind(&entity)
+                                    .fetch_one(&mut *tx)
+                                    .await?;
+                                tallies.links.insert(lkey.clone(), n);
+                            }
+                            let tally = tallies.origins.get_mut(&key).expect("inserted above");
+                            if let Some(why) = g.verdict(&origin, tally, tallies.links[&lkey]) {
+                                let id: Option<i64> = sqlx::query_scalar(oh::INSERT_HELD_DELIVERY)
+                                    .bind(seq)
+                                    .bind(&route.system)
+                                    .bind(&entity)
+                                    .bind(&record_id)
+                                    .bind(format!("{entity}/{record_id}"))
+                                    .bind(now)
+                                    .bind(format!("held by the mass-delete breaker: {why}"))
+                                    .fetch_optional(&mut *tx)
+                                    .await?;
+                                if let Some(id) = id {
+                                    sqlx::query(oh::INSERT_OUTWARD_HOLD)
+                                        .bind(&route.system)
+                                        .bind(&entity)
+                                        .bind(&record_id)
+                                        .bind(&external_id)
+                                        .bind(&origin)
+                                        .bind(id)
+                                        .bind(&why)
+                                        .bind(now)
+                                        .execute(&mut *tx)
+                                        .await?;
+                                    tally.open += 1;
+                                    tracing::warn!(system = %route.system, origin = %origin, record = %record_id,
+                                        "mass-delete breaker held a deletion: {why}");
+                                }
+                                continue;
+                            }
+                            tally.recent += 1;
+                        }
+                    }
                     created += sqlx::query(INSERT_DELIVERY_LANE)
                         .bind(seq)
                         .bind(&route.system)

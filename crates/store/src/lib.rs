@@ -21,6 +21,7 @@ mod idempotency;
 pub mod inbox;
 mod migrate;
 pub mod nodes;
+mod outward_holds;
 pub mod reconcile;
 pub mod retention;
 mod sync;
@@ -49,6 +50,7 @@ pub use history::{links_json, DeliveryHistory, RecordHistory, TimelineEntry};
 pub use idempotency::{KeyClaim, StoredResponse, IDEMPOTENCY_TTL_MS};
 pub use inbox::{InboxEvent, InboxOutcome, InboxRef, InwardWrite, NewInboxEvent};
 pub use nodes::Node;
+pub use outward_holds::DeleteGuard;
 pub use reconcile::{Hold, ReconcileRun, RunEnd};
 pub use retention::{Pruned, Retention};
 pub use sync::{

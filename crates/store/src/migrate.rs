@@ -29,6 +29,7 @@ const SQLITE: &[Migration] = migrations!("sqlite":
     9 "cluster" "0009_cluster.sql",
     10 "delivery_claim" "0010_delivery_claim.sql",
     11 "retention" "0011_retention.sql",
+    12 "outward_holds" "0012_outward_holds.sql",
 );
 
 const POSTGRES: &[Migration] = migrations!("postgres":
@@ -43,6 +44,7 @@ const POSTGRES: &[Migration] = migrations!("postgres":
     9 "cluster" "0009_cluster.sql",
     10 "delivery_claim" "0010_delivery_claim.sql",
     11 "retention" "0011_retention.sql",
+    12 "outward_holds" "0012_outward_holds.sql",
 );
 
 /// Arbitrary constant naming syncflow's migration lock.

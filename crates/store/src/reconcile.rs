@@ -46,7 +46,9 @@ pub struct RunEnd {
     pub duration_ms: i64,
 }
 
-/// A deletion the mass-delete breaker held.
+/// A deletion the mass-delete breaker held: `inward` (a system's deletion, before
+/// the hub applies it) or `outward` (a hub deletion, before it is delivered to
+/// `system`).
 #[derive(Debug, Clone, Serialize)]
 pub struct Hold {
     pub id: i64,
@@ -54,7 +56,14 @@ pub struct Hold {
     pub entity: String,
     pub record_id: String,
     pub external_id: String,
-    pub inbox_id: i64,
+    /// `inward` or `outward`.
+    pub side: String,
+    /// The source that deleted: the system itself (inward), or `api`, `sql`, a client (outward).
+    pub origin: String,
+    /// The held inbox row (inward).
+    pub inbox_id: Option<i64>,
+    /// The held delivery (outward).
+    pub delivery_id: Option<i64>,
     /// `held`, `released` or `discarded`.
     pub status: String,
     pub reason: String,
@@ -64,8 +73,8 @@ pub struct Hold {
 
 const RUN_COLUMNS: &str = "id, system, entity, trigger, repair, status, counts, samples, api_calls, error, \
      started_at, finished_at, duration_ms";
-const HOLD_COLUMNS: &str =
-    "id, system, entity, record_id, external_id, inbox_id, status, reason, created_at, settled_at";
+pub(crate) const HOLD_COLUMNS: &str = "id, system, entity, record_id, external_id, inbox_id, status, reason, \
+     created_at, settled_at, side, origin, delivery_id";
 
 fn json(text: String) -> Result<Value> {
     serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("reconcile run: {e}")))
@@ -107,6 +116,9 @@ macro_rules! decode_hold {
             reason: r.try_get(7)?,
             created_at: r.try_get(8)?,
             settled_at: r.try_get(9)?,
+            side: r.try_get(10)?,
+            origin: r.try_get(11)?,
+            delivery_id: r.try_get(12)?,
         }
     }};
 }
@@ -271,8 +283,8 @@ impl Store {
         on_write!(self, |pool, _d| {
             let mut tx = pool.begin().await?;
             let id: i64 = sqlx::query_scalar(
-                "INSERT INTO holds (system, entity, record_id, external_id, inbox_id, status, reason, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, 'held', $6, $7) \
+                "INSERT INTO holds (system, entity, record_id, external_id, inbox_id, status, reason, created_at, \
+                 side, origin) VALUES ($1, $2, $3, $4, $5, 'held', $6, $7, 'inward', $1) \
                  ON CONFLICT (inbox_id) DO UPDATE SET reason = excluded.reason RETURNING id",
             )
             .bind(system.to_string())
@@ -346,12 +358,20 @@ impl Store {
         })
     }
 
-    /// Systems with deletions held (flagged), with how many.
+    /// Systems with deletions held (flagged), with how many, on both sides.
     pub async fn held_counts(&self) -> Result<std::collections::BTreeMap<String, i64>> {
+        self.held_counts_on(None).await
+    }
+
+    /// `held_counts` of one side (`inward` or `outward`), or of both.
+    pub async fn held_counts_on(&self, side: Option<&str>) -> Result<std::collections::BTreeMap<String, i64>> {
         on_read!(self, |pool, _d| {
-            let rows = sqlx::query("SELECT system, COUNT(*) FROM holds WHERE status = 'held' GROUP BY system")
-                .fetch_all(pool)
-                .await?;
+            let rows = sqlx::query(
+                "SELECT system, COUNT(*) FROM holds WHERE status = 'held' AND ($1 IS NULL OR side = $1) GROUP BY system",
+            )
+            .bind(side.map(str::to_string))
+            .fetch_all(pool)
+            .await?;
             let mut out = std::collections::BTreeMap::new();
             for row in &rows {
                 out.insert(row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?);
@@ -360,15 +380,19 @@ impl Store {
         })
     }
 
-    /// Releases a held deletion (its inbox row goes back to `received`, so the
-    /// pipeline applies it) or discards it (the hub keeps the record). False when
-    /// the hold was not `held` any more.
+    /// Releases a held deletion (inward: its inbox row goes back to `received`, so
+    /// the pipeline applies it; outward: its delivery becomes pending) or discards
+    /// it (inward: the hub keeps the record; outward: the system keeps it). False
+    /// when the hold was not `held` any more.
     pub async fn settle_hold(&self, id: i64, release: bool) -> Result<bool> {
+        if self.hold(id).await?.is_some_and(|h| h.side == "outward") {
+            return self.settle_outward_hold(id, release).await;
+        }
         let now = now_ms();
         on_write!(self, |pool, _d| {
             let mut tx = pool.begin().await?;
             let status = if release { "released" } else { "discarded" };
-            let inbox_id: Option<i64> = sqlx::query_scalar(
+            let inbox_id: Option<Option<i64>> = sqlx::query_scalar(
                 "UPDATE holds SET status = $2, settled_at = $3 WHERE id = $1 AND status = 'held' RETURNING inbox_id",
             )
             .bind(id)
@@ -376,7 +400,7 @@ impl Store {
             .bind(now)
             .fetch_optional(&mut *tx)
             .await?;
-            let Some(inbox_id) = inbox_id else { return Ok(false) };
+            let Some(Some(inbox_id)) = inbox_id else { return Ok(false) };
             let sql = if release {
                 "UPDATE inbox SET outcome = 'received', attempts = 0, next_attempt_at = NULL, lease_until = NULL, \
                  settled_at = NULL, remarks = COALESCE(remarks, '') || ' [released]' WHERE id = $1"
