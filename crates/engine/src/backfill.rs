@@ -4,18 +4,22 @@
 //! * Import (system → hub): every object is linked to the hub record named by the
 //!   hub id it carries, else to an unlinked live hub record with the same e-mail,
 //!   else imported.
-//! * Export (hub → system): every unlinked live hub record is pushed (a create) and
-//!   linked. A record with a delivery to the system still unfinished is left to that
-//!   delivery, so a backfill never races live sync into a second create.
+//! * Export (hub → system): every unlinked live hub record is enqueued as a
+//!   `backfill:<system>` change, which the dispatcher routes to that system only, in
+//!   the bulk lane: the engine's workers push it (a create) after live changes and
+//!   retries, within the system's rate limit, retry it like any delivery, and the
+//!   delivery's outcome writes the link. A record with a delivery to the system
+//!   still unfinished is left to that delivery, so a backfill never races live sync
+//!   into a second create.
 //!
-//! Paged, paced by the connector's rate limit, and resumable: each direction keeps
-//! its position in a named cursor, advanced only up to the record before the first
-//! one that failed (invariant 7), so a rerun retries it.
+//! Paged and resumable: each direction keeps its position in a named cursor,
+//! advanced only up to the record before the first one that failed (invariant 7),
+//! so a rerun retries it. Import is paced by the connector's rate limit; export
+//! only writes to the hub's store (one transaction per page).
 
 use serde_json::{Map, Value};
-use syncflow_connectors::{Outcome, PushRequest};
 use syncflow_core::sync::{LinkUpdate, SyncSnapshot};
-use syncflow_core::{Change, Entity, Op, Record};
+use syncflow_core::{Entity, Record};
 use syncflow_store::{InwardOp, InwardWrite, ListQuery, StoreError};
 
 use crate::inward::Pipeline;
@@ -47,8 +51,10 @@ pub struct Progress {
     pub linked_before: u64,
     /// Linked to an existing record on the other side.
     pub linked: u64,
-    /// Created on the other side.
+    /// Created on the other side (import).
     pub created: u64,
+    /// Enqueued for delivery in the bulk lane (export).
+    pub enqueued: u64,
     /// Left to a live delivery still under way.
     pub in_flight: u64,
     pub failed: u64,
@@ -204,7 +210,8 @@ impl Pipeline {
         Ok(None)
     }
 
-    /// One page of hub records (see `import_page` for the result).
+    /// One page of hub records (see `import_page` for the result): the unlinked
+    /// ones without an unfinished delivery are enqueued together.
     async fn export_page(
         &self,
         entity: &'static Entity,
@@ -214,60 +221,35 @@ impl Pipeline {
     ) -> Result<(Option<String>, Option<String>, bool), BackfillError> {
         let q = ListQuery { after: after.map(str::to_string), limit: PAGE, ..ListQuery::default() };
         let page = self.store().list(entity, &q).await?;
-        let mut last_good = None;
-        let mut failed = false;
+        let mut export = Vec::new();
         for record in &page.data {
             p.seen += 1;
-            match self.export_one(entity, record).await {
-                Ok(done) => count(p, done),
-                Err(e) => {
-                    tracing::warn!(system = %self.system(), record = %record.id, error = %e, "backfill export failed");
-                    p.failed += 1;
-                    failed = true;
-                }
+            match self.export_check(entity, record).await? {
+                Some(done) => count(p, done),
+                None => export.push(record.id.clone()),
             }
-            if !failed {
-                last_good = Some(record.id.clone());
-            }
-            progress(p);
         }
-        Ok((last_good, page.data.last().map(|r| r.id.clone()).filter(|_| page.has_more), failed))
+        p.enqueued += self.store().enqueue_backfill(entity, &export, self.system()).await? as u64;
+        progress(p);
+        Ok((page.data.last().map(|r| r.id.clone()), page.data.last().map(|r| r.id.clone()).filter(|_| page.has_more), false))
     }
 
-    /// Pushes an unlinked hub record to the system (a create) and links it.
-    async fn export_one(&self, entity: &'static Entity, record: &Record) -> Result<Done, BackfillError> {
+    /// Whether a hub record needs exporting (`None`) or why not.
+    async fn export_check(&self, entity: &'static Entity, record: &Record) -> Result<Option<Done>, BackfillError> {
         let store = self.store();
         if store.link(entity.name, &record.id, self.system()).await?.is_some() {
-            return Ok(Done::LinkedBefore);
+            return Ok(Some(Done::LinkedBefore));
         }
         if !store.unfinished_changes(self.system(), entity.name, &record.id).await?.is_empty() {
-            return Ok(Done::InFlight);
+            return Ok(Some(Done::InFlight));
         }
-        let change = Change {
-            seq: 0,
-            entity: entity.name.to_string(),
-            record_id: record.id.clone(),
-            op: Op::Upsert,
-            version: record.version,
-            origin: "backfill".into(),
-            snapshot: record.to_json(),
-            created_at: record.updated_at.clone(),
-        };
-        // Delivery id 0: the connector keys the create by the record's exact
-        // parameters, so a rerun after a crash replays the same create.
-        let req = PushRequest { delivery_id: 0, attempt: 1, change: &change, link: None };
-        match self.connector().push(req).await {
-            Outcome::Delivered { link: Some(link), .. } => {
-                let write = InwardWrite::link_only(self.system(), LinkUpdate { synced_version: 0, ..link });
-                let op = InwardOp::Update { id: &record.id, patch: &Map::new(), expected_version: None };
-                store.apply_inward(entity, op, &write).await?;
-                Ok(Done::Created)
-            }
-            Outcome::Delivered { link: None, .. } => Ok(Done::Created),
-            Outcome::Retry { reason, .. } | Outcome::Reject { reason, .. } => {
-                Err(BackfillError::Remote(format!("creating {} in {}: {reason}", record.id, self.system())))
-            }
-        }
+        Ok(None)
+    }
+
+    /// The export's deliveries so far (every `backfill:<system>` change's).
+    pub async fn backfill_deliveries(&self) -> Result<syncflow_store::BulkProgress, BackfillError> {
+        let origin = format!("{}{}", syncflow_store::BACKFILL_PREFIX, self.system());
+        Ok(self.store().origin_progress(self.system(), &origin).await?)
     }
 
     fn link_write(&self, external_id: &str, snap: &SyncSnapshot) -> InwardWrite {

@@ -539,7 +539,8 @@ async fn backfill_links_imports_and_exports(t: TestStore) {
     let b = ls.post("/v1/customers", &[("name", "Ida I."), ("email", "ida@example.com")]).await;
     let c = ls.post("/v1/customers", &[("email", "kim@example.com")]).await;
 
-    let stripe = pipeline(s, &format!("api_base = \"{}\"\nsecret_key = \"{SECRET_KEY}\"", ls.url));
+    let settings = format!("api_base = \"{}\"\nsecret_key = \"{SECRET_KEY}\"", ls.url);
+    let stripe = pipeline(s, &settings);
     let mut reports = 0;
     let import = stripe.backfill(&CUSTOMER, Direction::Import, |_| reports += 1).await.unwrap();
     assert_eq!((import.seen, import.linked, import.created, import.failed), (3, 2, 1, 0), "{import:?}");
@@ -554,8 +555,11 @@ async fn backfill_links_imports_and_exports(t: TestStore) {
     assert_eq!(s.get(&CUSTOMER, &imported.record_id).await.unwrap().unwrap().fields["name"], "kim@example.com");
 
     let export = stripe.backfill(&CUSTOMER, Direction::Export, |_| {}).await.unwrap();
-    assert_eq!((export.seen, export.created, export.linked_before, export.total), (4, 1, 3, Some(4)), "{export:?}");
-    let exported = s.link(CUSTOMER.name, &hub_only.id, "stripe").await.unwrap().unwrap();
+    assert_eq!((export.seen, export.enqueued, export.linked_before, export.total), (4, 1, 3, Some(4)), "{export:?}");
+    // The export is bulk-lane work: the engine delivers it and the delivery links it.
+    let hub = RunningHub::start(s, &format!("[[systems]]\nname = \"stripe\"\nkind = \"stripe\"\n{settings}")).await;
+    let exported = eventually!("the export's link", s.link(CUSTOMER.name, &hub_only.id, "stripe").await.unwrap());
+    hub.stop().await;
     let (_, cus) = ls.get(&format!("/v1/customers/{}", exported.external_id)).await;
     assert_eq!(cus["metadata"]["syncflow_id"], hub_only.id.as_str());
     assert_eq!(cus["email"], "jo@example.com");
@@ -564,7 +568,7 @@ async fn backfill_links_imports_and_exports(t: TestStore) {
     for d in [Direction::Import, Direction::Export] {
         stripe.backfill_reset(&CUSTOMER, d).await.unwrap();
         let again = stripe.backfill(&CUSTOMER, d, |_| {}).await.unwrap();
-        assert_eq!((again.created, again.linked, again.failed), (0, 0, 0), "{d:?}: {again:?}");
+        assert_eq!((again.created, again.enqueued, again.linked, again.failed), (0, 0, 0, 0), "{d:?}: {again:?}");
     }
     let (_, all) = ls.get("/v1/customers?limit=100").await;
     assert_eq!(all["data"].as_array().unwrap().len(), 4);

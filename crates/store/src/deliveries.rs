@@ -259,8 +259,12 @@ pub const RESYNC_PREFIX: &str = "resync:";
 /// (`reconcile:stripe`): routed like `resync:`, delivered in the bulk lane.
 pub const RECONCILE_PREFIX: &str = "reconcile:";
 
+/// Origin of a change that exports a record to one system as bulk work
+/// (`backfill:stripe`, from `syncflow backfill`): routed and laned like `reconcile:`.
+pub const BACKFILL_PREFIX: &str = "backfill:";
+
 /// Priority lanes: a system's claims take live changes first, then retries, then
-/// bulk work (reconcile repairs); a delivery moves to the retry lane on its first
+/// bulk work (reconcile repairs, backfill exports); a delivery moves to the retry lane on its first
 /// retry. Per-record order still holds across lanes (only a record's head is claimed).
 pub const LANE_LIVE: i64 = 0;
 pub const LANE_RETRY: i64 = 1;
@@ -320,8 +324,8 @@ impl Store {
                 let origin: String = row.try_get(4)?;
                 last = seq;
                 // `resync:<system>` re-pushes the record's state to that system only.
-                // `reconcile:<system>` likewise, in the bulk lane.
-                let bulk = origin.strip_prefix(RECONCILE_PREFIX);
+                // `reconcile:<system>` and `backfill:<system>` likewise, in the bulk lane.
+                let bulk = origin.strip_prefix(RECONCILE_PREFIX).or_else(|| origin.strip_prefix(BACKFILL_PREFIX));
                 let only = origin.strip_prefix(RESYNC_PREFIX).or(bulk);
                 let lane = if bulk.is_some() { LANE_BULK } else { LANE_LIVE };
                 for route in routes.iter().filter(|r| {

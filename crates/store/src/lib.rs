@@ -10,6 +10,7 @@
 //! backend, so the code is written once but type-checked against each driver.
 
 mod activity;
+mod bulk;
 mod catalog;
 mod changes;
 pub mod conflicts;
@@ -38,12 +39,13 @@ use syncflow_core::FieldError;
 use tokio::sync::watch;
 
 pub use activity::{MinuteActivity, RecentDeliveries};
+pub use bulk::BulkProgress;
 pub use catalog::{InwardOp, ListQuery, Page};
 pub use changes::ChangeQuery;
 pub use conflicts::{Conflict, ConflictFilter};
 pub use deliveries::{
     now_ms, Claimed, Delivery, DeliveryFilter, Finish, Link, LinkUpdate, QueueStats, Route, Status as DeliveryStatus,
-    LANE_BULK, LANE_LIVE, LANE_RETRY, RECONCILE_PREFIX, RESYNC_PREFIX,
+    LANE_BULK, LANE_LIVE, LANE_RETRY, BACKFILL_PREFIX, RECONCILE_PREFIX, RESYNC_PREFIX,
 };
 pub use dialect::Dialect;
 pub use history::{links_json, DeliveryHistory, RecordHistory, TimelineEntry};

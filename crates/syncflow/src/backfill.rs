@@ -1,6 +1,10 @@
 //! `syncflow backfill --system NAME`: runs a system's backfill from the command
 //! line, with a progress line on a terminal and a summary either way. The work
 //! itself (paging, pacing, resuming) is the engine's, for any two-way system.
+//!
+//! Export only enqueues (bulk-lane changes): the hub's engine delivers them. When a
+//! hub node is running, the command waits for those deliveries and reports them
+//! (`--no-wait` returns at once); when none is, it says the hub will deliver them.
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
@@ -9,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use syncflow_core::CUSTOMER;
 use syncflow_engine::backfill::{Direction, Progress};
 use syncflow_engine::{Engine, SystemConfig};
-use syncflow_store::Store;
+use syncflow_store::{now_ms, BulkProgress, Store};
 
 use crate::config::Config;
 
@@ -20,7 +24,10 @@ pub enum Way {
     Both,
 }
 
-pub async fn run(store: Store, config: &Config, system: &str, way: Way, restart: bool) -> Result<()> {
+/// How long a node may be silent and still count as running (the cluster's timeout).
+const NODE_TIMEOUT_MS: i64 = 10_000;
+
+pub async fn run(store: Store, config: &Config, system: &str, way: Way, restart: bool, wait: bool) -> Result<()> {
     let table = config
         .systems
         .iter()
@@ -42,6 +49,7 @@ pub async fn run(store: Store, config: &Config, system: &str, way: Way, restart:
             pipeline.backfill_reset(&CUSTOMER, *direction).await?;
         }
         let started = Instant::now();
+        let before = pipeline.backfill_deliveries().await?;
         let mut line = ProgressLine::new(label);
         let result = pipeline.backfill(&CUSTOMER, *direction, |p| line.update(p, false)).await;
         if let Ok(p) = &result {
@@ -49,6 +57,20 @@ pub async fn run(store: Store, config: &Config, system: &str, way: Way, restart:
         }
         line.finish();
         let p = result.with_context(|| format!("backfill {label} stopped; rerun to continue from where it was"))?;
+        if *direction == Direction::Export {
+            println!(
+                "{label}: {} seen, {} enqueued, {} already linked, {} left to live delivery in {:.1}s",
+                p.seen,
+                p.enqueued,
+                p.linked_before,
+                p.in_flight,
+                started.elapsed().as_secs_f64()
+            );
+            if wait {
+                wait_for_delivery(&store, &pipeline, system, before, p.enqueued as i64).await?;
+            }
+            continue;
+        }
         println!(
             "{label}: {} seen, {} created, {} linked, {} already linked, {} left to live delivery, {} failed in {:.1}s",
             p.seen,
@@ -65,6 +87,57 @@ pub async fn run(store: Store, config: &Config, system: &str, way: Way, restart:
     }
     store.close().await;
     Ok(())
+}
+
+/// Waits until the `enqueued` exports (on top of the backfill deliveries counted in
+/// `before`) have reached a final outcome, when a hub node is running to deliver them.
+async fn wait_for_delivery(
+    store: &Store,
+    pipeline: &syncflow_engine::Pipeline,
+    system: &str,
+    before: BulkProgress,
+    enqueued: i64,
+) -> Result<()> {
+    let total = |p: &BulkProgress| p.unfinished + p.delivered + p.dead + p.skipped;
+    let started = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let mut drawn = false;
+    loop {
+        let p = pipeline.backfill_deliveries().await?;
+        let finished = |p: &BulkProgress| total(p) - p.unfinished - (total(&before) - before.unfinished);
+        // Every enqueued change has its delivery (dispatched) and none is unfinished.
+        if total(&p) >= total(&before) + enqueued && p.unfinished == 0 {
+            if drawn {
+                eprintln!();
+            }
+            let (delivered, dead) = (p.delivered - before.delivered, p.dead - before.dead);
+            println!(
+                "export: {delivered} delivered, {dead} dead, {} skipped by {system} in {:.1}s",
+                p.skipped - before.skipped,
+                started.elapsed().as_secs_f64()
+            );
+            if dead > 0 {
+                bail!("backfill export: {dead} delivery(ies) dead (see `syncflow deliveries --status dead`)");
+            }
+            return Ok(());
+        }
+        let live = store.nodes().await?.iter().any(|n| now_ms() - n.last_seen_ms < NODE_TIMEOUT_MS);
+        if !live {
+            if drawn {
+                eprintln!();
+            }
+            println!(
+                "export: no hub node is running; `syncflow serve` delivers the {} enqueued export(s) (bulk lane)",
+                total(&before) + enqueued - total(&p) + p.unfinished
+            );
+            return Ok(());
+        }
+        if tty {
+            eprint!("\rexport: {}/{enqueued} delivered by the hub\x1b[K", finished(&p).max(0));
+            drawn = true;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// A redrawn line on a terminal (at most 10 times a second); nothing otherwise.

@@ -110,6 +110,10 @@ enum Command {
         /// Start from the beginning instead of where the last run stopped.
         #[arg(long)]
         restart: bool,
+        /// Export: return once the records are enqueued, without waiting for the
+        /// hub to deliver them.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Compare a system with the hub: records missing on either side, fields that
     /// drifted, orphan links, duplicates (exit status 1 when drift is left).
@@ -286,7 +290,7 @@ fn run(cli: Cli) -> Result<()> {
                     Command::History { db, id, entity, json } => {
                         ops::history(db.open_existing(&config).await?, &id, entity.as_deref(), json).await
                     }
-                    Command::Backfill { db, system, direction, restart } => {
+                    Command::Backfill { db, system, direction, restart, no_wait } => {
                         if !config_loaded {
                             bail!(
                                 "no config file loaded (--config): backfill needs the [[systems]] block \
@@ -295,7 +299,7 @@ fn run(cli: Cli) -> Result<()> {
                         }
                         let store = db.open_existing(&config).await?;
                         ops::known_system(&store, &config, &system).await?;
-                        backfill::run(store, &config, &system, direction, restart).await
+                        backfill::run(store, &config, &system, direction, restart, !no_wait).await
                     }
                     Command::Reconcile { db, system, entity, repair } => {
                         if !config_loaded {
