@@ -203,17 +203,16 @@ async fn seed_unlinked(url: String, n: usize) -> Result<()> {
 /// Stripe sandbox at its rate limit, against the same figure on an idle system.
 /// `SYNCFLOW_BENCH_BACKFILL` overrides the backfill's size (a smoke run).
 pub async fn live_under_backfill(env: Env, quick: bool) -> Result<Row> {
-    let bulk = std::env::var("SYNCFLOW_BENCH_BACKFILL")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if quick { 2_000 } else { 20_000 });
+    let bulk = std::env::var("SYNCFLOW_BENCH_BACKFILL").ok().and_then(|v| v.parse().ok()).unwrap_or(if quick {
+        2_000
+    } else {
+        20_000
+    });
     let live = if quick { 20 } else { 60 };
     let gap = Duration::from_millis(250);
-    let stripe = StripeSandbox::start(
-        "127.0.0.1:0".parse()?,
-        StripeOptions { rate_limit: Some(RATE), ..Default::default() },
-    )
-    .await?;
+    let stripe =
+        StripeSandbox::start("127.0.0.1:0".parse()?, StripeOptions { rate_limit: Some(RATE), ..Default::default() })
+            .await?;
     // Stripe's own webhooks say when each customer was created there.
     let seen = Receiver::start(None, Duration::ZERO).await;
     stripe.add_webhook("we_bench", &seen.url("/stripe"), "whsec_bench_lanes");

@@ -33,10 +33,7 @@ pub const ALL: &[Scenario] = &[
     Scenario { name: "delta-sync-requests", run: |e, q| Box::pin(delta_sync_requests(e, q)) },
     Scenario { name: "commit-to-sse-latency", run: |e, q| Box::pin(sse_latency(e, q)) },
     Scenario { name: "live-under-bulk-lanes", run: |e, q| Box::pin(crate::lane_scenarios::live_under_bulk(e, q)) },
-    Scenario {
-        name: "live-under-backfill",
-        run: |e, q| Box::pin(crate::lane_scenarios::live_under_backfill(e, q)),
-    },
+    Scenario { name: "live-under-backfill", run: |e, q| Box::pin(crate::lane_scenarios::live_under_backfill(e, q)) },
     Scenario {
         name: "salesforce-backlog-calls",
         run: |e, q| Box::pin(crate::salesforce_scenarios::backlog_calls(e, q)),

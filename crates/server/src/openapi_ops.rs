@@ -144,10 +144,10 @@ pub(crate) fn add(paths: &mut Map<String, Value>, schemas: &mut Map<String, Valu
                 param("status", "query", "held (default), released, discarded or all"), param("limit", "query", "1–1000")],
             json!({"200": list_of("holds", hold.clone()), "400": error("bad filter")}))}),
     );
-    for (action, summary) in
-        [("release", "Apply (inward) or deliver (outward) a held deletion"),
-         ("discard", "Drop a held deletion: the hub (inward) or the system (outward) keeps the record")]
-    {
+    for (action, summary) in [
+        ("release", "Apply (inward) or deliver (outward) a held deletion"),
+        ("discard", "Drop a held deletion: the hub (inward) or the system (outward) keeps the record"),
+    ] {
         paths.insert(
             format!("/v1/holds/{{id}}/{action}"),
             json!({"post": with(ops(summary), vec![id.clone()],

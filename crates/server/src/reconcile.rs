@@ -109,7 +109,11 @@ async fn holds(State(state): State<AppState>, q: QueryMap) -> Result<Json<Value>
 /// the inward pipeline now; discarded, the hub keeps the record (`syncflow reconcile
 /// --repair` re-pushes it). Outward: released, the delete delivery becomes pending;
 /// discarded, it is skipped and the system keeps the record (and its link).
-async fn settle(State(state): State<AppState>, Path(id): Path<String>, release: bool) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn settle(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    release: bool,
+) -> Result<Json<Value>, ApiError> {
     let hold_id = id_param("hold", &id)?;
     let hold = state.store.hold(hold_id).await?.ok_or_else(|| ApiError::NotFound(format!("no hold `{id}`")))?;
     if !state.store.settle_hold(hold_id, release).await? {

@@ -64,7 +64,8 @@ backend_tests!(
     pages_show_the_hubs_own_state,
     cross_site_posts_are_refused,
     with_tokens_every_page_needs_a_session,
-    conflicts_show_both_values_and_resolve_in_one_click
+    conflicts_show_both_values_and_resolve_in_one_click,
+    the_system_page_shows_reconcile_runs_and_settles_holds
 );
 
 async fn pages_show_the_hubs_own_state(t: TestStore) {
@@ -232,4 +233,81 @@ async fn conflicts_show_both_values_and_resolve_in_one_click(t: TestStore) {
     // Resolving twice is refused, as in the API.
     let again = send(&app, "POST", &format!("/ui/conflicts/{id}/resolve"), &[], Some("keep=hub")).await;
     assert_eq!(again.status, StatusCode::CONFLICT);
+}
+
+async fn the_system_page_shows_reconcile_runs_and_settles_holds(t: TestStore) {
+    let app = router(AppState::new(t.store.clone(), ApiTokens::default()).with_systems(vec![crm()]));
+    let run = t.store.reconcile_start("crm", "customer", "cli", true).await.unwrap();
+    let end = syncflow_store::RunEnd {
+        status: "completed",
+        counts: json!({"checked": 7, "missing_remote": 1, "field_drift": 2, "repaired": 3}),
+        samples: json!([{"class": "field_drift", "external_id": "ext_9", "record_id": "cust_9", "fields": ["email"],
+            "repair": "re-pushed the hub's state"}]),
+        api_calls: Some(12),
+        error: None,
+        duration_ms: 1500,
+    };
+    t.store.reconcile_finish(run, &end).await.unwrap();
+    let mut holds = Vec::new();
+    for i in 0..2 {
+        let event = NewInboxEvent {
+            system: "crm".into(),
+            event_id: format!("evt_del_{i}"),
+            event_type: "customer.deleted".into(),
+            entity: Some("customer".into()),
+            external_id: Some(format!("ext_{i}")),
+            event_created: 1,
+            source: "poll".into(),
+            payload: "{}".into(),
+        };
+        let (row, _) = t.store.inbox_receive(&event, 60_000).await.unwrap();
+        let reason = "60 deletions within 300s exceed the breaker";
+        holds.push(
+            t.store
+                .hold_delete("crm", "customer", &format!("cust_{i}"), &format!("ext_{i}"), row.id, reason)
+                .await
+                .unwrap(),
+        );
+    }
+
+    let r = send(&app, "GET", "/ui/systems/crm", &[], None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("id=\"flagged\"") && r.body.contains("holds 2 deletion(s)"), "{}", r.body);
+    let row = r.body.split(&format!("data-run=\"{run}\"")).nth(1).expect("a row for the run");
+    assert!(
+        row.contains(r#"data-class="field_drift">2<"#) && row.contains(r#"data-class="missing_remote">1<"#),
+        "{row}"
+    );
+    assert!(row.contains(">12<") && row.contains("1.5s"), "API calls and duration: {row}");
+    assert!(row.contains(&format!("href=\"/v1/reconcile/runs/{run}\"")), "the run's JSON is linked: {row}");
+    for h in &holds {
+        let row = r.body.split(&format!("data-hold=\"{h}\"")).nth(1).expect("a row per hold");
+        assert!(row.contains("badge inward") && row.contains("exceed the breaker"), "{row}");
+        assert!(row.contains(&format!("action=\"/ui/holds/{h}/release\"")) && row.contains("/discard\""), "{row}");
+    }
+    let overview = send(&app, "GET", "/", &[], None).await;
+    assert!(overview.body.contains("2 held"), "the overview flags the system");
+
+    let r = send(&app, "GET", &format!("/ui/reconcile/runs/{run}"), &[], None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let sample = r.body.split("data-class=\"field_drift\"").last().unwrap();
+    assert!(sample.contains("ext_9") && sample.contains("email") && sample.contains("re-pushed the hub"), "{}", r.body);
+    assert_eq!(send(&app, "GET", "/ui/reconcile/runs/999", &[], None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(send(&app, "GET", "/ui/systems/nope", &[], None).await.status, StatusCode::NOT_FOUND);
+
+    // Settled from the page (cross-site refused), through the API's handler.
+    let discard = format!("/ui/holds/{}/discard", holds[0]);
+    let r = send(&app, "POST", &discard, &[("sec-fetch-site", "cross-site")], Some("back=%2Fui%2Fsystems%2Fcrm")).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(t.store.hold(holds[0]).await.unwrap().unwrap().status, "held");
+    let r = send(&app, "POST", &discard, &[], Some("back=%2Fui%2Fsystems%2Fcrm")).await;
+    assert_eq!((r.status, r.headers[header::LOCATION].to_str().unwrap()), (StatusCode::SEE_OTHER, "/ui/systems/crm"));
+    assert_eq!(t.store.hold(holds[0]).await.unwrap().unwrap().status, "discarded");
+    let r =
+        send(&app, "POST", &format!("/ui/holds/{}/release", holds[1]), &[], Some("back=%2Fui%2Fsystems%2Fcrm")).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(t.store.hold(holds[1]).await.unwrap().unwrap().status, "released");
+    assert_eq!(send(&app, "POST", &discard, &[], Some("")).await.status, StatusCode::CONFLICT, "settled already");
+    let r = send(&app, "GET", "/ui/systems/crm", &[], None).await;
+    assert!(r.body.contains("No deletions are held.") && !r.body.contains("id=\"flagged\""), "{}", r.body);
 }

@@ -78,7 +78,10 @@ async fn hub_mass_deletes_are_held_until_released_or_discarded(t: TestStore) {
     assert_eq!(get("/v1/deliveries?status=held".into()).await["data"].as_array().unwrap().len(), 4);
     assert_eq!(stripe.stats().customers, 7, "a held deletion does not reach the system");
     let systems = get("/v1/systems".into()).await;
-    assert_eq!((systems["data"][0]["flagged"].as_bool(), systems["data"][0]["held_deletions"].as_i64()), (Some(true), Some(4)));
+    assert_eq!(
+        (systems["data"][0]["flagged"].as_bool(), systems["data"][0]["held_deletions"].as_i64()),
+        (Some(true), Some(4))
+    );
 
     // Another origin is counted on its own: one deletion captured from SQL flows.
     t.store.delete(&CUSTOMER, &ids[7], None, "sql").await.unwrap();
@@ -98,8 +101,7 @@ async fn hub_mass_deletes_are_held_until_released_or_discarded(t: TestStore) {
         let list = settled().await;
         list.filter(|l| l.iter().all(|d| d.status.is_final()))
     });
-    let discarded: Vec<_> =
-        list.iter().filter(|d| d.op == "delete" && d.status == DeliveryStatus::Skipped).collect();
+    let discarded: Vec<_> = list.iter().filter(|d| d.op == "delete" && d.status == DeliveryStatus::Skipped).collect();
     assert_eq!(discarded.len(), 3, "{list:#?}");
     assert!(discarded.iter().all(|d| d.remarks.as_deref().unwrap_or("").contains("the system keeps the record")));
     for id in &ids[4..7] {

@@ -29,7 +29,8 @@ impl Store {
             // Reads then writes: on SQLite take the write lock first, so another
             // process's commit in between (a running hub) is waited for, not a
             // stale-snapshot error.
-            let mut tx = if d == Dialect::Sqlite { pool.begin_with("BEGIN IMMEDIATE").await? } else { pool.begin().await? };
+            let mut tx =
+                if d == Dialect::Sqlite { pool.begin_with("BEGIN IMMEDIATE").await? } else { pool.begin().await? };
             let sql = select_one_sql(entity, d, true);
             let mut n = 0;
             for id in ids {

@@ -45,7 +45,7 @@ pub use changes::ChangeQuery;
 pub use conflicts::{Conflict, ConflictFilter};
 pub use deliveries::{
     now_ms, Claimed, Delivery, DeliveryFilter, Finish, Link, LinkUpdate, QueueStats, Route, Status as DeliveryStatus,
-    LANE_BULK, LANE_LIVE, LANE_RETRY, BACKFILL_PREFIX, RECONCILE_PREFIX, RESYNC_PREFIX,
+    BACKFILL_PREFIX, LANE_BULK, LANE_LIVE, LANE_RETRY, RECONCILE_PREFIX, RESYNC_PREFIX,
 };
 pub use dialect::Dialect;
 pub use history::{links_json, DeliveryHistory, RecordHistory, TimelineEntry};

@@ -52,7 +52,11 @@ async fn backfill_imports_exports_and_resumes() {
     assert_eq!(sandbox.stats().customers, 2, "the CLI itself pushes nothing");
 
     // The hub's engine delivers it (bulk lane) and the delivery writes the link.
-    let hub = Hub::start(&dir, &["--config", "syncflow.toml", "--database-url", "sqlite:hub.db"], &[("STRIPE_SECRET_KEY", "sk_test_cli")]);
+    let hub = Hub::start(
+        &dir,
+        &["--config", "syncflow.toml", "--database-url", "sqlite:hub.db"],
+        &[("STRIPE_SECRET_KEY", "sk_test_cli")],
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while sandbox.stats().customers < 3 {
         assert!(std::time::Instant::now() < deadline, "the hub did not deliver the enqueued export");

@@ -13,6 +13,7 @@ mod inbox;
 mod overview;
 mod record;
 mod session;
+mod system;
 mod views;
 
 use std::convert::Infallible;
@@ -49,6 +50,16 @@ pub(crate) fn routes(state: AppState) -> Router<AppState> {
             post(|s: State<AppState>, n: Path<String>| overview::set_paused(s, n, false)),
         )
         .route("/ui/systems/{name}/replay", post(deliveries::replay_system))
+        .route("/ui/systems/{name}", get(system::page))
+        .route("/ui/reconcile/runs/{id}", get(system::run))
+        .route(
+            "/ui/holds/{id}/release",
+            post(|s: State<AppState>, id: Path<String>, f: axum::Form<system::Back>| system::settle(s, id, true, f)),
+        )
+        .route(
+            "/ui/holds/{id}/discard",
+            post(|s: State<AppState>, id: Path<String>, f: axum::Form<system::Back>| system::settle(s, id, false, f)),
+        )
         .route("/ui/inbox", get(inbox::page))
         .route("/ui/systems/{name}/inbox/replay", post(inbox::replay))
         .route("/ui/conflicts", get(conflicts::page))
@@ -142,7 +153,7 @@ const HTMX: &str = include_str!("assets/htmx.min.js");
 const SCRIPT: &str = include_str!("assets/dashboard.js");
 const STYLE: &str = include_str!("assets/dashboard.css");
 /// Bumped with the assets, so browsers may cache them.
-pub(crate) const ASSET_VERSION: &str = "1";
+pub(crate) const ASSET_VERSION: &str = "2";
 
 async fn asset(Path(file): Path<String>) -> Response {
     let (body, kind) = match file.as_str() {

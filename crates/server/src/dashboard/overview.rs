@@ -46,6 +46,7 @@ async fn live(state: &AppState) -> Result<Markup, DashError> {
     let now = now_ms();
     let stats = store.queue_stats().await?;
     let paused = store.paused_systems().await?;
+    let held = store.held_counts().await?;
     let head = store.head_seq().await?;
     let cursor = store.dispatch_cursor().await?;
     let activity = store.delivery_activity(now, HOUR).await?;
@@ -64,7 +65,8 @@ async fn live(state: &AppState) -> Result<Markup, DashError> {
         let poll_cursor = store.cursor(&format!("poll:{}", s.name)).await?.and_then(|c| c.parse::<i64>().ok());
         let usage = state.pipelines.get(&s.name).and_then(|p| p.connector().api_usage());
         let paused = paused.contains(&s.name);
-        rows.push(SystemView { config: s, queue: q, minutes, last_inward, poll_cursor, usage, paused });
+        let held = held.get(&s.name).copied().unwrap_or(0);
+        rows.push(SystemView { config: s, queue: q, minutes, last_inward, poll_cursor, usage, paused, held });
     }
 
     Ok(html! {
@@ -123,6 +125,8 @@ struct SystemView<'a> {
     poll_cursor: Option<i64>,
     usage: Option<ApiUsage>,
     paused: bool,
+    /// Deletions the mass-delete breaker holds (either side).
+    held: i64,
 }
 
 fn system_row(v: &SystemView<'_>, now: i64) -> Markup {
@@ -137,7 +141,11 @@ fn system_row(v: &SystemView<'_>, now: i64) -> Markup {
     let name = &s.name;
     html! {
         tr data-system=(name) {
-            td { a href={ "/ui/deliveries?system=" (name) } { b { (name) } } br; span.muted { (s.kind) } }
+            td {
+                a href={ "/ui/deliveries?system=" (name) } { b { (name) } } br; span.muted { (s.kind) }
+                " · " a.muted href={ "/ui/systems/" (name) } title="held deletions and reconcile runs" { "details" }
+                @if v.held > 0 { " " a href={ "/ui/systems/" (name) } { span.badge.held title="deletions held by the mass-delete breaker" { (v.held) " held" } } }
+            }
             td.state { (badge(state)) }
             td.num.queue { (q.depth()) }
             td.num { @match q.oldest_unfinished_at { Some(t) => (age((now - t) as f64 / 1000.0)), None => "–" } }
