@@ -109,6 +109,15 @@ pub trait Connector: Send + Sync + 'static {
     /// number of live nodes changes. Kinds whose client paces its own calls (polls
     /// and backfill as well as pushes) pace at `share.rate(their limit)`.
     fn set_rate_share(&self, _share: RateShare) {}
+
+    /// For kinds whose client paces its own calls: how long until the pacer lets the
+    /// next call start (zero: now). `None`: no pacer of its own. The engine then
+    /// claims one call at a time, when it can start: a push claimed early would wait
+    /// in the pacer holding a slot, and a live change claimed after it would wait
+    /// behind it — the lanes order claims, so claims are made at the last moment.
+    fn pace_wait(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// How many live nodes share a system's rate limit.

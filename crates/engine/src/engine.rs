@@ -37,6 +37,9 @@ const MAX_CLAIM: usize = 1000;
 const IDLE_POLL: Duration = Duration::from_millis(500);
 /// How long shutdown waits for pushes in flight before leaving them to their lease.
 const DRAIN: Duration = Duration::from_secs(10);
+/// A self-paced connector's claims start this much earlier than the last claim's
+/// duration before its pacer frees up (the loop's own overhead).
+const CLAIM_MARGIN: Duration = Duration::from_millis(2);
 /// Most outcomes recorded per transaction.
 const RECORD_BATCH: usize = 256;
 
@@ -265,9 +268,12 @@ impl Engine {
         let lease_ms = system.config.lease.as_millis() as i64;
         let every = system.config.lease / 3;
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = shutdown.changed() => {}
+            // Once stopping, `changed()` does not fire again: the 1 s sleep below paces.
+            if !*shutdown.borrow() {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = shutdown.changed() => {}
+                }
             }
             let held: Vec<(i64, i64)> =
                 system.in_flight.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (*k, *v)).collect();
@@ -324,6 +330,8 @@ impl Engine {
         let batch = system.connector.max_batch().max(1);
         let mut wake = self.store.subscribe();
         let mut in_flight = JoinSet::new();
+        // How long the last claim took (self-paced connectors claim ahead by that much).
+        let mut claim_time = Duration::ZERO;
         if system.limiter.is_some() {
             // A shared limit: start once the other nodes have made room.
             self.wait_joined().await;
@@ -340,16 +348,39 @@ impl Engine {
             // The system asked to be left alone (its API budget is spent).
             let held = system.connector.hold();
             let paused = paused || held.is_some();
+            // The connector's own pacer is busy: claim just before a call can start
+            // (ahead by what a claim takes), so what is claimed is what the lanes put
+            // first at that moment and the pacer never idles waiting for a claim.
+            let pacing = system.connector.pace_wait();
+            let ahead = claim_time + CLAIM_MARGIN;
+            if let Some(wait) = pacing.map(|w| w.saturating_sub(ahead)).filter(|w| !paused && !w.is_zero()) {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait.min(IDLE_POLL)) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
             // One slot and one rate-limit token per connector call, which carries up
             // to `batch` deliveries. Tokens are taken before the claim, so waiting for
             // one never eats a claimed delivery's lease.
             let free = system.slots.available_permits();
+            // A self-paced connector takes, per claim, the calls its pacer can start
+            // while the next claim is made (one, when claims are quick): enough to
+            // keep it busy, few enough that nothing claimed waits long behind them.
+            let free = match (pacing, system.limit) {
+                (Some(_), Some((rate, _))) => free.min(1 + (claim_time.as_secs_f64() * rate).ceil() as usize),
+                (Some(_), None) => free.min(1),
+                (None, _) => free,
+            };
             let mut tokens = if paused || free == 0 { 0 } else { self.tokens(&system, free.min(CLAIM_BATCH)) };
             let claimed = if tokens == 0 {
                 Vec::new()
             } else {
                 let limit = (tokens * batch).min(MAX_CLAIM);
-                match self.store.claim(&name, &self.node, limit, lease_ms, &callbacks).await {
+                let started = Instant::now();
+                let claimed = self.store.claim(&name, &self.node, limit, lease_ms, &callbacks).await;
+                claim_time = started.elapsed();
+                match claimed {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::warn!(system = %name, error = %e, "claim failed; will retry");

@@ -96,6 +96,15 @@ impl StripeClient {
         self.interval_ns.store(interval_ns(rate), Ordering::Relaxed);
     }
 
+    /// How long until a request could start without waiting (zero when the pacer is
+    /// busy being read: the caller will simply wait in `pace`).
+    pub fn pace_wait(&self) -> Duration {
+        match self.next_slot.try_lock() {
+            Ok(slot) => slot.saturating_duration_since(Instant::now()),
+            Err(_) => Duration::ZERO,
+        }
+    }
+
     /// Waits for this request's turn under the rate limit.
     async fn pace(&self) {
         let wait = {
