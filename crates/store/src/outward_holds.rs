@@ -102,40 +102,48 @@ pub(crate) const INSERT_OUTWARD_HOLD: &str = "INSERT INTO holds (system, entity,
 
 impl Store {
     /// Settles an outward hold: release makes its delivery pending (or skips it when
-    /// a later change of the record to the system exists: that state is newer than
-    /// the deletion); discard skips it. False when the hold was settled already.
+    /// the hub record is live again: restored since, its state is newer than the
+    /// deletion); discard skips it. False when the hold was settled already.
     pub(crate) async fn settle_outward_hold(&self, id: i64, release: bool) -> Result<bool> {
         let now = now_ms();
         let done = on_write!(self, |pool, _d| {
             let mut tx = pool.begin().await?;
             let status = if release { "released" } else { "discarded" };
-            let delivery: Option<Option<i64>> = sqlx::query_scalar(
+            let held: Option<(Option<i64>, String, String)> = sqlx::query_as(
                 "UPDATE holds SET status = $2, settled_at = $3 WHERE id = $1 AND status = 'held' \
-                 RETURNING delivery_id",
+                 RETURNING delivery_id, entity, record_id",
             )
             .bind(id)
             .bind(status.to_string())
             .bind(now)
             .fetch_optional(&mut *tx)
             .await?;
-            let Some(Some(delivery)) = delivery else { return Ok(false) };
-            let later: Option<i64> = sqlx::query_scalar(
-                "SELECT MIN(e.change_seq) FROM deliveries d JOIN deliveries e ON e.system = d.system \
-                 AND e.ordering_key = d.ordering_key AND e.change_seq > d.change_seq WHERE d.id = $1",
-            )
-            .bind(delivery)
-            .fetch_one(&mut *tx)
-            .await?;
-            let (sql, remarks) = match (release, later) {
-                (true, None) => (
+            let Some((Some(delivery), entity, record_id)) = held else { return Ok(false) };
+            // A record deleted and then restored (a later upsert, already delivered or
+            // queued): the deletion is stale. One primary-key read of the record.
+            let live = match syncflow_core::Entity::by_name(&entity) {
+                Some(e) => {
+                    sqlx::query_scalar::<_, i64>(&format!(
+                        "SELECT COUNT(*) FROM {} WHERE id = $1 AND deleted_at IS NULL",
+                        e.plural
+                    ))
+                    .bind(record_id)
+                    .fetch_one(&mut *tx)
+                    .await?
+                        > 0
+                }
+                None => false,
+            };
+            let (sql, remarks) = match (release, live) {
+                (true, false) => (
                     "UPDATE deliveries SET status = 'pending', next_attempt_at = $2, updated_at = $2, remarks = $3 \
                      WHERE id = $1 AND status = 'held'",
                     format!("released by an operator (hold {id})"),
                 ),
-                (true, Some(seq)) => (
+                (true, true) => (
                     "UPDATE deliveries SET status = 'skipped', updated_at = $2, finished_at = $2, remarks = $3 \
                      WHERE id = $1 AND status = 'held'",
-                    format!("released (hold {id}) but superseded by change {seq}"),
+                    format!("released (hold {id}) but the record was restored since: not deleted"),
                 ),
                 (false, _) => (
                     "UPDATE deliveries SET status = 'skipped', updated_at = $2, finished_at = $2, remarks = $3 \
