@@ -37,8 +37,8 @@ const MAX_CLAIM: usize = 1000;
 const IDLE_POLL: Duration = Duration::from_millis(500);
 /// How long shutdown waits for pushes in flight before leaving them to their lease.
 const DRAIN: Duration = Duration::from_secs(10);
-/// A self-paced connector's claims start this much earlier than the last claim's
-/// duration before its pacer frees up (the loop's own overhead).
+/// A self-paced connector's claims start at least this much earlier than the last
+/// claim's duration before its pacer frees up (the loop's own overhead).
 const CLAIM_MARGIN: Duration = Duration::from_millis(2);
 /// Most outcomes recorded per transaction.
 const RECORD_BATCH: usize = 256;
@@ -349,10 +349,13 @@ impl Engine {
             let held = system.connector.hold();
             let paused = paused || held.is_some();
             // The connector's own pacer is busy: claim just before a call can start
-            // (ahead by what a claim takes), so what is claimed is what the lanes put
-            // first at that moment and the pacer never idles waiting for a claim.
+            // (ahead by what a claim takes, plus half a request interval so the pacer
+            // does not idle waiting for a claim), so what is claimed is what the
+            // lanes put first at that moment.
             let pacing = system.connector.pace_wait();
-            let ahead = claim_time + CLAIM_MARGIN;
+            let interval =
+                system.limit.map_or(Duration::ZERO, |(rate, _)| Duration::from_secs_f64(1.0 / rate.max(0.001)));
+            let ahead = claim_time + (interval / 2).max(CLAIM_MARGIN);
             if let Some(wait) = pacing.map(|w| w.saturating_sub(ahead)).filter(|w| !paused && !w.is_zero()) {
                 tokio::select! {
                     _ = tokio::time::sleep(wait.min(IDLE_POLL)) => {}
