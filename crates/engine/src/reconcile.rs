@@ -343,6 +343,21 @@ impl Pipeline {
             return Ok(());
         }
         if record.deleted_at.is_some() {
+            // A deletion the mass-delete breaker holds is the operator's to decide
+            // (in flight); one they discarded stays undone (reported, never repaired).
+            match store.outward_hold_of(system, entity.name, &record.id).await? {
+                Some(h) if h.status == "held" => {
+                    run.counts.in_flight += 1;
+                    return Ok(());
+                }
+                Some(h) if h.status == "discarded" => {
+                    run.counts.missing_local += 1;
+                    let detail = format!("deleted in the hub; an operator discarded the deletion (hold {})", h.id);
+                    run.sample("missing_local", Some(external_id), Some(&record.id), json!({"detail": detail}));
+                    return Ok(());
+                }
+                _ => {}
+            }
             // Deleted in the hub, still there: the delete never reached the system.
             run.counts.missing_local += 1;
             let repair = if run.repair {

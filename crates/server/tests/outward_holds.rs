@@ -11,6 +11,7 @@ use common::hub::RunningHub;
 
 use serde_json::{json, Value};
 use syncflow_core::CUSTOMER;
+use syncflow_engine::reconcile::ReconcileOptions;
 use syncflow_sandbox::{StripeOptions, StripeSandbox};
 use syncflow_store::testing::TestStore;
 use syncflow_store::{backend_tests, DeliveryFilter, DeliveryStatus};
@@ -23,10 +24,16 @@ async fn hub_mass_deletes_are_held_until_released_or_discarded(t: TestStore) {
     let stripe = StripeSandbox::start("127.0.0.1:0".parse().unwrap(), StripeOptions::default()).await.unwrap();
     let system = format!(
         "[[systems]]\nname = \"stripe\"\nkind = \"stripe\"\napi_base = \"{}\"\nsecret_key = \"{STRIPE_KEY}\"\n\
-         api_rate_limit = 1000\nmass_delete_count = 3\nmass_delete_share = 0.1\nmass_delete_window = \"5m\"\n",
+         api_rate_limit = 1000\nmass_delete_count = 3\nmass_delete_share = 0.1\nmass_delete_window = \"5m\"\n\
+         reconcile_grace = \"0s\"\npoll_interval = \"0s\"\n",
         stripe.url()
     );
     let hub = RunningHub::start(&t.store, &system).await;
+    let pipeline = hub.engine.pipelines().remove("stripe").unwrap();
+    let reconcile = |repair: bool| {
+        let pipeline = pipeline.clone();
+        async move { pipeline.reconcile(&CUSTOMER, ReconcileOptions { repair, trigger: "api" }, &mut |_| {}).await.unwrap() }
+    };
     let http = reqwest::Client::new();
     let get = |path: String| {
         let (http, url) = (http.clone(), format!("{}{path}", hub.url));
@@ -83,6 +90,10 @@ async fn hub_mass_deletes_are_held_until_released_or_discarded(t: TestStore) {
         (Some(true), Some(4))
     );
 
+    // A repairing reconcile leaves held deletions to the operator (in flight).
+    let run = reconcile(true).await;
+    assert_eq!((run.counts.in_flight, run.counts.missing_local, run.counts.repaired), (4, 0, 0), "{run:?}");
+
     // Another origin is counted on its own: one deletion captured from SQL flows.
     t.store.delete(&CUSTOMER, &ids[7], None, "sql").await.unwrap();
     eventually!("the SQL deletion in Stripe", (stripe.stats().customers == 6).then_some(()));
@@ -107,6 +118,10 @@ async fn hub_mass_deletes_are_held_until_released_or_discarded(t: TestStore) {
     for id in &ids[4..7] {
         assert!(t.store.link("customer", id, "stripe").await.unwrap().is_some(), "the link stays");
     }
+    // Discarded deletions are reported by reconcile, never repaired.
+    let run = reconcile(true).await;
+    assert_eq!((run.counts.missing_local, run.counts.repaired), (3, 0), "{run:?}");
+    assert!(run.samples.iter().all(|s| s["detail"].as_str().unwrap_or("").contains("discarded the deletion")));
     // Wait a moment for any stray push, then count what Stripe holds.
     let until = Instant::now() + Duration::from_millis(300);
     while Instant::now() < until {

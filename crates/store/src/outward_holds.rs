@@ -20,6 +20,7 @@
 use std::collections::HashMap;
 
 use crate::deliveries::{now_ms, Route};
+use crate::reconcile::Hold;
 use crate::{on_write, Result, Store};
 
 /// The breaker's settings for one system (`mass_delete_*` keys).
@@ -101,6 +102,20 @@ pub(crate) const INSERT_OUTWARD_HOLD: &str = "INSERT INTO holds (system, entity,
      origin, delivery_id, status, reason, created_at) VALUES ($1, $2, $3, $4, 'outward', $5, $6, 'held', $7, $8)";
 
 impl Store {
+    /// The newest outward hold of a record's deletion to `system`, if any.
+    pub async fn outward_hold_of(&self, system: &str, entity: &str, record_id: &str) -> Result<Option<Hold>> {
+        Ok(self
+            .holds_where(
+                "system = $1 AND entity = $2 AND record_id = $3 AND side = 'outward'",
+                system,
+                entity,
+                record_id,
+            )
+            .await?
+            .into_iter()
+            .next())
+    }
+
     /// Settles an outward hold: release makes its delivery pending (or skips it when
     /// the hub record is live again: restored since, its state is newer than the
     /// deletion); discard skips it. False when the hold was settled already.

@@ -344,6 +344,23 @@ impl Store {
         })
     }
 
+    /// Holds matching `cond` over $1–$3, newest first (at most 10).
+    pub(crate) async fn holds_where(&self, cond: &str, a: &str, b: &str, c: &str) -> Result<Vec<Hold>> {
+        on_read!(self, |pool, _d| {
+            let rows = sqlx::query(&format!("SELECT {HOLD_COLUMNS} FROM holds WHERE {cond} ORDER BY id DESC LIMIT 10"))
+                .bind(a.to_string())
+                .bind(b.to_string())
+                .bind(c.to_string())
+                .fetch_all(pool)
+                .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in &rows {
+                out.push(decode_hold!(row));
+            }
+            Ok(out)
+        })
+    }
+
     /// The hold of an inbox row, if the breaker held it.
     pub async fn hold_of_inbox(&self, inbox_id: i64) -> Result<Option<Hold>> {
         on_read!(self, |pool, _d| {
