@@ -167,7 +167,7 @@ pub async fn webhook_ingest(env: Env, quick: bool) -> Result<Row> {
     let before = crate::dbstats::DbStats::read(&env).await?;
     let r = crate::loadgen::run(&load(&hub.url("/webhooks/stripe"), "hook")).await?;
     // Every customer ends exactly as its last event says.
-    let page = hub.get(&format!("/v1/customers?limit={}", objects.min(1000))).await?;
+    let page = hub.get(&format!("/v1/customers?limit={}", objects.min(500))).await?;
     let customers = page["data"].as_array().cloned().unwrap_or_default();
     let wrong = customers
         .iter()
