@@ -1055,12 +1055,7 @@ impl Store {
 /// per-delivery loop cost three round trips a delivery — the bulk of a PostgreSQL
 /// drain's time (SQLite runs the loop in-process, where a statement is cheap).
 /// Links and callbacks, which only some deliveries have, stay per item.
-async fn finish_many_pg(
-    pg: &sqlx::PgPool,
-    owner: &str,
-    items: &[(&Delivery, &Finish)],
-    now: i64,
-) -> Result<Vec<bool>> {
+async fn finish_many_pg(pg: &sqlx::PgPool, owner: &str, items: &[(&Delivery, &Finish)], now: i64) -> Result<Vec<bool>> {
     let mut tx = pg.begin().await?;
     let ids: Vec<i64> = items.iter().map(|(d, _)| d.id).collect();
     let statuses: Vec<String> = items.iter().map(|(_, f)| f.status.as_str().to_string()).collect();
