@@ -194,24 +194,17 @@ macro_rules! settle_inward {
                     Some(*id)
                 }
                 Some((crate::inbox::InboxRef::New(e), outcome, remarks)) => {
-                    let id: Option<i64> = sqlx::query_scalar(crate::inbox::INSERT_SETTLED)
-                        .bind(&e.system)
-                        .bind(&e.event_id)
-                        .bind(&e.event_type)
-                        .bind(e.entity.clone())
-                        .bind(e.external_id.clone())
-                        .bind(e.event_created)
-                        .bind(&e.source)
-                        .bind(&e.payload)
-                        .bind(now)
-                        .bind(outcome.as_str())
-                        .bind(r.id.clone())
-                        .bind(remarks.clone())
-                        .bind(Some(now))
-                        .bind(0i64)
-                        .bind(None::<i64>)
-                        .fetch_optional(&mut *$tx)
-                        .await?;
+                    let id: Option<i64> =
+                        crate::inbox::bind_event!(sqlx::query_scalar(crate::inbox::INSERT_SETTLED), e)
+                            .bind(now)
+                            .bind(outcome.as_str())
+                            .bind(r.id.clone())
+                            .bind(remarks.clone())
+                            .bind(Some(now))
+                            .bind(0i64)
+                            .bind(None::<i64>)
+                            .fetch_optional(&mut *$tx)
+                            .await?;
                     // Seen already (another node, a retried webhook): the whole write is dropped.
                     Some(id.ok_or(StoreError::DuplicateEvent)?)
                 }

@@ -278,6 +278,42 @@ const INSERT_DELIVERY_LANE: &str = "INSERT INTO deliveries (change_seq, system, 
      ordering_key, op, status, next_attempt_at, created_at, updated_at, lane) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $9, $9, $10) ON CONFLICT DO NOTHING";
 
+/// A finished delivery's link (when delivered with one) and its status callback (when
+/// final and its origin wants one), in the finish's transaction: shared by both
+/// backends' `finish_many`.
+macro_rules! link_and_callback {
+    ($tx:expr, $delivery:expr, $f:expr, $now:expr) => {{
+        let (delivery, f): (&Delivery, &Finish) = ($delivery, $f);
+        if let Some(link) = &f.link {
+            sqlx::query(UPSERT_LINK)
+                .bind(&delivery.entity)
+                .bind(&delivery.record_id)
+                .bind(&delivery.system)
+                .bind(&link.external_id)
+                .bind(link.synced_version)
+                .bind(link.fingerprint.clone())
+                .bind(link.snapshot.clone())
+                .bind($now)
+                .execute(&mut *$tx)
+                .await?;
+        }
+        if let (Some(origin), true) = (&f.callback_to, f.status.is_final()) {
+            sqlx::query(INSERT_DELIVERY)
+                .bind(delivery.change_seq)
+                .bind(origin)
+                .bind(Kind::Callback.as_str())
+                .bind(delivery.id)
+                .bind(&delivery.entity)
+                .bind(&delivery.record_id)
+                .bind(format!("callback/{}", delivery.id))
+                .bind(&delivery.op)
+                .bind($now)
+                .execute(&mut *$tx)
+                .await?;
+        }
+    }};
+}
+
 impl Store {
     /// Creates deliveries for up to `batch` changes past the dispatch cursor and
     /// advances the cursor, in one transaction. Returns (changes passed, deliveries
@@ -756,33 +792,7 @@ impl Store {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
-                if let Some(link) = &f.link {
-                    sqlx::query(UPSERT_LINK)
-                        .bind(&delivery.entity)
-                        .bind(&delivery.record_id)
-                        .bind(&delivery.system)
-                        .bind(&link.external_id)
-                        .bind(link.synced_version)
-                        .bind(link.fingerprint.clone())
-                        .bind(link.snapshot.clone())
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                if let (Some(origin), true) = (&f.callback_to, f.status.is_final()) {
-                    sqlx::query(INSERT_DELIVERY)
-                        .bind(delivery.change_seq)
-                        .bind(origin)
-                        .bind(Kind::Callback.as_str())
-                        .bind(delivery.id)
-                        .bind(&delivery.entity)
-                        .bind(&delivery.record_id)
-                        .bind(format!("callback/{}", delivery.id))
-                        .bind(&delivery.op)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
-                }
+                link_and_callback!(tx, delivery, f, now);
             }
             tx.commit().await?;
             Ok(results)
@@ -1117,33 +1127,7 @@ async fn finish_many_pg(pg: &sqlx::PgPool, owner: &str, items: &[(&Delivery, &Fi
         .await?;
     }
     for ((delivery, f), _) in items.iter().zip(&results).filter(|(_, k)| **k) {
-        if let Some(link) = &f.link {
-            sqlx::query(UPSERT_LINK)
-                .bind(&delivery.entity)
-                .bind(&delivery.record_id)
-                .bind(&delivery.system)
-                .bind(&link.external_id)
-                .bind(link.synced_version)
-                .bind(link.fingerprint.clone())
-                .bind(link.snapshot.clone())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if let (Some(origin), true) = (&f.callback_to, f.status.is_final()) {
-            sqlx::query(INSERT_DELIVERY)
-                .bind(delivery.change_seq)
-                .bind(origin)
-                .bind(Kind::Callback.as_str())
-                .bind(delivery.id)
-                .bind(&delivery.entity)
-                .bind(&delivery.record_id)
-                .bind(format!("callback/{}", delivery.id))
-                .bind(&delivery.op)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-        }
+        link_and_callback!(tx, delivery, f, now);
     }
     tx.commit().await?;
     Ok(results)

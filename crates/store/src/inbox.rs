@@ -89,6 +89,22 @@ impl InwardWrite {
     }
 }
 
+/// Binds a `NewInboxEvent`'s eight columns in `INSERT_SETTLED` / `inbox_receive` order.
+macro_rules! bind_event {
+    ($q:expr, $e:expr) => {{
+        let e: &$crate::NewInboxEvent = $e;
+        $q.bind(&e.system)
+            .bind(&e.event_id)
+            .bind(&e.event_type)
+            .bind(e.entity.clone())
+            .bind(e.external_id.clone())
+            .bind(e.event_created)
+            .bind(&e.source)
+            .bind(&e.payload)
+    }};
+}
+pub(crate) use bind_event;
+
 /// An event inserted with its outcome; binds as `inbox_record`. No row (and no
 /// error) when the (system, event id) is there already.
 pub(crate) const INSERT_SETTLED: &str =
@@ -140,19 +156,14 @@ impl Store {
     pub async fn inbox_receive(&self, e: &NewInboxEvent, lease_ms: i64) -> Result<(InboxEvent, bool)> {
         let now = now_ms();
         on_write!(self, |pool, _d| {
-            let id: Option<i64> = sqlx::query_scalar(
-                "INSERT INTO inbox (system, event_id, event_type, entity, external_id, event_created, source, \
+            let id: Option<i64> = bind_event!(
+                sqlx::query_scalar(
+                    "INSERT INTO inbox (system, event_id, event_type, entity, external_id, event_created, source, \
                  payload, lease_until, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
                  ON CONFLICT (system, event_id) DO NOTHING RETURNING id",
+                ),
+                e
             )
-            .bind(&e.system)
-            .bind(&e.event_id)
-            .bind(&e.event_type)
-            .bind(e.entity.clone())
-            .bind(e.external_id.clone())
-            .bind(e.event_created)
-            .bind(&e.source)
-            .bind(&e.payload)
             .bind(now + lease_ms)
             .bind(now)
             .fetch_optional(pool)
@@ -200,15 +211,7 @@ impl Store {
         let now = now_ms();
         let settled = (outcome != InboxOutcome::Received).then_some(now);
         let id: Option<i64> = on_write_one!(self, |ex| {
-            sqlx::query_scalar(INSERT_SETTLED)
-                .bind(&e.system)
-                .bind(&e.event_id)
-                .bind(&e.event_type)
-                .bind(e.entity.clone())
-                .bind(e.external_id.clone())
-                .bind(e.event_created)
-                .bind(&e.source)
-                .bind(&e.payload)
+            bind_event!(sqlx::query_scalar(INSERT_SETTLED), e)
                 .bind(now)
                 .bind(outcome.as_str())
                 .bind(record_id.map(str::to_string))
