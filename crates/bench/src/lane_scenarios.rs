@@ -147,13 +147,21 @@ const STRIPE_KEY: &str = "sk_test_bench_lanes";
 /// commit → delivery latencies (ms), sorted: from the record's commit time to the
 /// moment the Stripe sandbox created the customer (its `customer.created` webhook,
 /// sent to `seen` — a local receiver — as it happens).
-async fn stripe_live_latencies(hub: &Hub, seen: &Receiver, tag: &str, n: usize, gap: Duration) -> Result<Vec<f64>> {
+async fn stripe_live_latencies(
+    hub: &Hub,
+    seen: &Receiver,
+    tag: &str,
+    n: usize,
+    gap: Duration,
+) -> Result<(Vec<f64>, Value)> {
     let mut committed = std::collections::HashMap::new();
+    let mut ids = Vec::with_capacity(n);
     for i in 0..n {
         let name = format!("{tag} {i}");
         let r = hub.post("/v1/customers", &json!({"name": name})).await?;
         let at = chrono::DateTime::parse_from_rfc3339(r["created_at"].as_str().unwrap_or_default())?;
         committed.insert(name, at.with_timezone(&chrono::Utc));
+        ids.push((r["id"].as_str().unwrap_or_default().to_string(), at.with_timezone(&chrono::Utc)));
         tokio::time::sleep(gap).await;
     }
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -169,13 +177,41 @@ async fn stripe_live_latencies(hub: &Hub, seen: &Receiver, tag: &str, n: usize, 
             .collect();
         if lat.len() >= n {
             lat.sort_by(|a, b| a.total_cmp(b));
-            return Ok(lat);
+            return Ok((lat, breakdown(hub, &ids).await?));
         }
         if Instant::now() > deadline {
             bail!("only {} of {n} live changes reached Stripe", lat.len());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Where a live change's time went, from the transaction table (p50/p99, ms):
+/// commit → delivery row (`dispatch`), delivery row → push start (`claim`: waiting
+/// for a slot, a token and a claim), push start → end (`push`: the link read, the
+/// connector's pacer and the HTTP call).
+async fn breakdown(hub: &Hub, ids: &[(String, chrono::DateTime<chrono::Utc>)]) -> Result<Value> {
+    let ms =
+        |v: &Value| -> Option<i64> { Some(chrono::DateTime::parse_from_rfc3339(v.as_str()?).ok()?.timestamp_millis()) };
+    let (mut dispatch, mut claim, mut push) = (Vec::new(), Vec::new(), Vec::new());
+    for (id, committed) in ids {
+        let list = hub.get(&format!("/v1/deliveries?system=stripe&record_id={id}")).await?;
+        let Some(d) = list["data"].as_array().and_then(|a| a.first()) else { continue };
+        let shown = hub.get(&format!("/v1/deliveries/{}", d["id"])).await?;
+        let (Some(created), Some(a)) = (ms(&d["created_at"]), shown["history"].as_array().and_then(|h| h.last()))
+        else {
+            continue;
+        };
+        let (Some(at), Some(took)) = (ms(&a["at"]), a["duration_ms"].as_i64()) else { continue };
+        dispatch.push((created - committed.timestamp_millis()) as f64);
+        claim.push((at - took - created) as f64);
+        push.push(took as f64);
+    }
+    let summary = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        json!({"p50": percentile(&v, 50.0), "p99": percentile(&v, 99.0)})
+    };
+    Ok(json!({"dispatch_ms": summary(dispatch), "claim_ms": summary(claim), "push_ms": summary(push)}))
 }
 
 /// Hub customers Stripe has never seen (as if they existed before the system was
@@ -219,7 +255,7 @@ pub async fn live_under_backfill(env: Env, quick: bool) -> Result<Row> {
     let config = stripe_config(&stripe.url());
 
     let hub = env.start(&config)?;
-    let idle = stripe_live_latencies(&hub, &seen, "Idle", live, gap).await?;
+    let (idle, idle_parts) = stripe_live_latencies(&hub, &seen, "Idle", live, gap).await?;
     drop(hub);
 
     let url = env.database_url.clone();
@@ -248,7 +284,7 @@ pub async fn live_under_backfill(env: Env, quick: bool) -> Result<Row> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let busy = stripe_live_latencies(&hub, &seen, "Live", live, gap).await?;
+    let (busy, busy_parts) = stripe_live_latencies(&hub, &seen, "Live", live, gap).await?;
     let during = stripe.stats();
     let backfilled = during.customers.saturating_sub(before.customers + live);
     let throttled = during.throttled - before.throttled;
@@ -272,6 +308,7 @@ pub async fn live_under_backfill(env: Env, quick: bool) -> Result<Row> {
         data: json!({"backfill": bulk, "live": live, "rate_per_s": RATE, "idle_p99_ms": idle_p99,
             "idle_p50_ms": percentile(&idle, 50.0), "busy_p50_ms": percentile(&busy, 50.0), "busy_p99_ms": busy_p99,
             "busy_max_ms": busy_max, "backfilled_meanwhile": backfilled, "backfill_rate_per_s": backfilled as f64 / secs,
-            "enqueue_seconds": enqueue_secs, "throttled": throttled}),
+            "enqueue_seconds": enqueue_secs, "throttled": throttled, "idle_parts": idle_parts,
+            "busy_parts": busy_parts}),
     })
 }

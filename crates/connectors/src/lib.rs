@@ -12,6 +12,7 @@
 
 pub mod http;
 pub mod kafka;
+pub mod pacer;
 pub mod retry;
 pub mod salesforce;
 pub mod signature;
@@ -47,7 +48,9 @@ pub enum Outcome {
 #[async_trait::async_trait]
 pub trait Connector: Send + Sync + 'static {
     /// Applies `req.change` to the external system. Must be idempotent for the
-    /// same delivery: a push may be repeated after a crash.
+    /// same delivery: a push may be repeated after a crash. It runs in the
+    /// delivery's lane (`pacer::Lane::current()`): a client pacing its own calls
+    /// serves live pushes before retries and bulk work (`pacer::Pacer`).
     async fn push(&self, req: PushRequest<'_>) -> Outcome;
 
     /// Most deliveries `push_batch` takes in one call (1: no batching).
@@ -109,15 +112,6 @@ pub trait Connector: Send + Sync + 'static {
     /// number of live nodes changes. Kinds whose client paces its own calls (polls
     /// and backfill as well as pushes) pace at `share.rate(their limit)`.
     fn set_rate_share(&self, _share: RateShare) {}
-
-    /// For kinds whose client paces its own calls: how long until the pacer lets the
-    /// next call start (zero: now). `None`: no pacer of its own. The engine then
-    /// claims one call at a time, when it can start: a push claimed early would wait
-    /// in the pacer holding a slot, and a live change claimed after it would wait
-    /// behind it — the lanes order claims, so claims are made at the last moment.
-    fn pace_wait(&self) -> Option<Duration> {
-        None
-    }
 }
 
 /// How many live nodes share a system's rate limit.

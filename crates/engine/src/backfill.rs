@@ -18,6 +18,7 @@
 //! only writes to the hub's store (one transaction per page).
 
 use serde_json::{Map, Value};
+use syncflow_connectors::pacer::Lane;
 use syncflow_core::sync::{LinkUpdate, SyncSnapshot};
 use syncflow_core::{Entity, Record};
 use syncflow_store::{InwardOp, InwardWrite, ListQuery, StoreError};
@@ -130,7 +131,11 @@ impl Pipeline {
         p: &mut Progress,
         progress: &mut impl FnMut(&Progress),
     ) -> Result<(Option<String>, Option<String>, bool), BackfillError> {
-        let page = self.external().list_objects(entity, after).await.map_err(|e| BackfillError::Remote(e.0))?;
+        // Bulk work: live pushes to the same system take their turns first.
+        let page = Lane::Bulk
+            .run(self.external().list_objects(entity, after))
+            .await
+            .map_err(|e| BackfillError::Remote(e.0))?;
         let mut last_good = None;
         let mut failed = false;
         for obj in &page.objects {

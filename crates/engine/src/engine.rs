@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use syncflow_connectors::http::CallbackSender;
+use syncflow_connectors::pacer::Lane;
 use syncflow_connectors::{ConfigError, Connector, Outcome, PushRequest};
 use syncflow_core::metrics::Registry;
 use syncflow_store::deliveries::Kind;
-use syncflow_store::{now_ms, Claimed, DeliveryStatus, Finish, Link, Route, Store};
+use syncflow_store::{now_ms, Claimed, DeliveryStatus, Finish, Link, Route, Store, LANE_BULK, LANE_LIVE};
 use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 
@@ -37,9 +38,6 @@ const MAX_CLAIM: usize = 1000;
 const IDLE_POLL: Duration = Duration::from_millis(500);
 /// How long shutdown waits for pushes in flight before leaving them to their lease.
 const DRAIN: Duration = Duration::from_secs(10);
-/// A self-paced connector's claims start at least this much earlier than the last
-/// claim's duration before its pacer frees up (the loop's own overhead).
-const CLAIM_MARGIN: Duration = Duration::from_millis(2);
 /// Most outcomes recorded per transaction.
 const RECORD_BATCH: usize = 256;
 
@@ -330,8 +328,18 @@ impl Engine {
         let batch = system.connector.max_batch().max(1);
         let mut wake = self.store.subscribe();
         let mut in_flight = JoinSet::new();
-        // How long the last claim took (self-paced connectors claim ahead by that much).
-        let mut claim_time = Duration::ZERO;
+        // One slot stays free for live changes when the system has more than one:
+        // retries and bulk work (a backfill, reconcile repairs) never take the last,
+        // so a live change is claimed as soon as it is dispatched instead of after a
+        // push ahead of it ends. (A self-pacing client then serves it first too:
+        // pushes run in their lane, `syncflow_connectors::pacer`.)
+        let reserved = usize::from(system.config.concurrency > 1);
+        // Whether a live change may be waiting that no claim has looked for since:
+        // claims take live changes first, so one that came back short of its limit,
+        // or with other work, left none behind. Anything that may bring work sets it
+        // again; until then the kept slot is not claimed for (which, while bulk work
+        // keeps the other slots busy, would be a claim per finished push).
+        let mut live_unchecked = true;
         if system.limiter.is_some() {
             // A shared limit: start once the other nodes have made room.
             self.wait_joined().await;
@@ -348,43 +356,26 @@ impl Engine {
             // The system asked to be left alone (its API budget is spent).
             let held = system.connector.hold();
             let paused = paused || held.is_some();
-            // The connector's own pacer is busy: claim just before a call can start
-            // (ahead by what a claim takes, plus half a request interval so the pacer
-            // does not idle waiting for a claim), so what is claimed is what the
-            // lanes put first at that moment.
-            let pacing = system.connector.pace_wait();
-            let interval =
-                system.limit.map_or(Duration::ZERO, |(rate, _)| Duration::from_secs_f64(1.0 / rate.max(0.001)));
-            let ahead = claim_time + (interval / 2).max(CLAIM_MARGIN);
-            if let Some(wait) = pacing.map(|w| w.saturating_sub(ahead)).filter(|w| !paused && !w.is_zero()) {
-                tokio::select! {
-                    _ = tokio::time::sleep(wait.min(IDLE_POLL)) => {}
-                    _ = shutdown.changed() => {}
-                }
-                continue;
-            }
             // One slot and one rate-limit token per connector call, which carries up
             // to `batch` deliveries. Tokens are taken before the claim, so waiting for
             // one never eats a claimed delivery's lease.
             let free = system.slots.available_permits();
-            // A self-paced connector takes, per claim, the calls its pacer can start
-            // while the next claim is made (one, when claims are quick): enough to
-            // keep it busy, few enough that nothing claimed waits long behind them.
-            let free = match (pacing, system.limit) {
-                (Some(_), Some((rate, _))) => free.min(1 + (claim_time.as_secs_f64() * rate).ceil() as usize),
-                (Some(_), None) => free.min(1),
-                (None, _) => free,
+            // Past the kept slot any lane may be claimed (live still first); the
+            // kept slot itself takes live changes only.
+            let (calls, max_lane) = match free > reserved {
+                true => (free - reserved, LANE_BULK),
+                false => (if live_unchecked { free } else { 0 }, LANE_LIVE),
             };
-            let mut tokens = if paused || free == 0 { 0 } else { self.tokens(&system, free.min(CLAIM_BATCH)) };
+            let mut tokens = if paused || calls == 0 { 0 } else { self.tokens(&system, calls.min(CLAIM_BATCH)) };
             let claimed = if tokens == 0 {
                 Vec::new()
             } else {
                 let limit = (tokens * batch).min(MAX_CLAIM);
-                let started = Instant::now();
-                let claimed = self.store.claim(&name, &self.node, limit, lease_ms, &callbacks).await;
-                claim_time = started.elapsed();
-                match claimed {
-                    Ok(c) => c,
+                match self.store.claim_lanes(&name, &self.node, limit, lease_ms, &callbacks, max_lane).await {
+                    Ok(c) => {
+                        live_unchecked = c.len() == limit && c.iter().all(|c| c.delivery.lane == LANE_LIVE);
+                        c
+                    }
                     Err(e) => {
                         tracing::warn!(system = %name, error = %e, "claim failed; will retry");
                         Vec::new()
@@ -397,14 +388,14 @@ impl Engine {
                 tokens -= unused;
             }
             if claimed.is_empty() {
-                let token_wait = if !paused && free > 0 && tokens == 0 { self.token_wait(&system) } else { held };
+                let token_wait = if !paused && calls > 0 && tokens == 0 { self.token_wait(&system) } else { held };
                 tokio::select! {
-                    _ = system.work.notified() => {}
-                    _ = wake.changed() => {}
-                    _ = tokio::time::sleep(token_wait.unwrap_or(IDLE_POLL).min(IDLE_POLL)) => {}
+                    _ = system.work.notified() => live_unchecked = true,
+                    _ = wake.changed() => live_unchecked = true,
+                    _ = tokio::time::sleep(token_wait.unwrap_or(IDLE_POLL).min(IDLE_POLL)) => live_unchecked = true,
                     _ = shutdown.changed() => {}
-                    // A slot freed up while all were busy.
-                    Some(_) = in_flight.join_next(), if free == 0 => {}
+                    // A slot freed up while all (but the live one) were busy.
+                    Some(_) = in_flight.join_next(), if free <= reserved => {}
                 }
                 continue;
             }
@@ -492,10 +483,12 @@ impl Engine {
             }
         }
         if !reqs.is_empty() {
+            // In the chunk's most urgent lane: a self-pacing client serves it by that.
+            let lane = Lane::from_store(chunk.iter().map(|c| c.delivery.lane).min().unwrap_or_default());
             let pushed = if reqs.len() == 1 {
-                vec![system.connector.push(reqs[0]).await]
+                vec![lane.run(system.connector.push(reqs[0])).await]
             } else {
-                system.connector.push_batch(&reqs).await
+                lane.run(system.connector.push_batch(&reqs)).await
             };
             for (k, outcome) in pushed.into_iter().enumerate() {
                 outcomes[req_index[k]] = Some(outcome);

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::{json, Value};
+use syncflow_connectors::pacer::Lane;
 use syncflow_connectors::{InwardEvent, RemoteError};
 use syncflow_core::sync::{changed_fields, fingerprint, LinkUpdate, SyncSnapshot, DELETED};
 use syncflow_core::{Entity, Record};
@@ -244,7 +245,8 @@ impl Pipeline {
         let mut after: Option<String> = None;
         loop {
             run.api_calls += 1;
-            let page = inward.list_objects(run.entity, after.as_deref()).await?;
+            // Bulk work: live pushes to the same system take their turns first.
+            let page = Lane::Bulk.run(inward.list_objects(run.entity, after.as_deref())).await?;
             for obj in &page.objects {
                 let Some(id) = object_id(obj) else { continue };
                 seen.insert(id.to_string());

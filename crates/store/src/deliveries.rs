@@ -113,6 +113,8 @@ pub struct Delivery {
     pub created_at: i64,
     pub updated_at: i64,
     pub finished_at: Option<i64>,
+    /// `LANE_LIVE`, `LANE_RETRY` or `LANE_BULK`: whose turn comes first.
+    pub lane: i64,
 }
 
 /// One try of a delivery, kept as history.
@@ -193,7 +195,7 @@ impl QueueStats {
 
 pub(crate) const DELIVERY_COLUMNS: &str =
     "id, change_seq, system, kind, subject_id, entity, record_id, op, status, attempts, \
-     next_attempt_at, lease_owner, http_status, external_id, remarks, created_at, updated_at, finished_at";
+     next_attempt_at, lease_owner, http_status, external_id, remarks, created_at, updated_at, finished_at, lane";
 
 const UNFINISHED: &str = "('pending', 'retrying', 'in_flight')";
 
@@ -231,6 +233,7 @@ where
         created_at: row.try_get(15)?,
         updated_at: row.try_get(16)?,
         finished_at: row.try_get(17)?,
+        lane: row.try_get(18)?,
     })
 }
 
@@ -511,7 +514,41 @@ impl Store {
         lease_ms: i64,
         callbacks: &[String],
     ) -> Result<Vec<Claimed>> {
+        self.claim_lanes(system, owner, limit, lease_ms, callbacks, LANE_BULK).await
+    }
+
+    /// `claim`, of waiting deliveries in lanes up to `max_lane` only (`LANE_LIVE`:
+    /// the slot the engine keeps for live changes). Expired leases are taken
+    /// whatever their lane: they were claimed before anything waiting.
+    pub async fn claim_lanes(
+        &self,
+        system: &str,
+        owner: &str,
+        limit: usize,
+        lease_ms: i64,
+        callbacks: &[String],
+        max_lane: i64,
+    ) -> Result<Vec<Claimed>> {
         let now = now_ms();
+        // Nothing to take is answered by a read connection: a worker whose slots are
+        // busy with bulk work asks often, and on SQLite its empty claims would queue
+        // for the one writer ahead of dispatch and API writes.
+        let any: i64 = on_read!(self, |pool, _d| {
+            sqlx::query_scalar(
+                "SELECT CAST(CASE WHEN EXISTS (SELECT 1 FROM deliveries WHERE system = $1 \
+                   AND status IN ('pending', 'retrying') AND next_attempt_at <= $2 AND lane <= $3) \
+                 OR EXISTS (SELECT 1 FROM deliveries WHERE system = $1 AND status = 'in_flight' \
+                   AND lease_until < $2) THEN 1 ELSE 0 END AS BIGINT)",
+            )
+            .bind(system.to_string())
+            .bind(now)
+            .bind(max_lane)
+            .fetch_one(pool)
+            .await?
+        });
+        if any == 0 {
+            return Ok(Vec::new());
+        }
         on_write!(self, |pool, d| {
             let mut tx = pool.begin().await?;
             let skip_locked = if d == Dialect::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
@@ -550,14 +587,15 @@ impl Store {
                 if heads.len() + ready.len() >= limit {
                     break;
                 }
-                let past = if after.is_some() { "AND (d.lane, d.change_seq) > ($4, $5)" } else { "" };
+                let past = if after.is_some() { "AND (d.lane, d.change_seq) > ($5, $6)" } else { "" };
                 let sql = format!(
                     "SELECT d.id, d.lane, d.change_seq, CAST(CASE WHEN {head} THEN 1 ELSE 0 END AS BIGINT)
                      FROM deliveries d
-                     WHERE d.system = $1 AND d.status IN ('pending', 'retrying') AND d.next_attempt_at <= $2 {past}
+                     WHERE d.system = $1 AND d.status IN ('pending', 'retrying') AND d.next_attempt_at <= $2
+                       AND d.lane <= $4 {past}
                      ORDER BY d.lane, d.change_seq LIMIT $3"
                 );
-                let mut q = sqlx::query(&sql).bind(system.to_string()).bind(now).bind(window as i64);
+                let mut q = sqlx::query(&sql).bind(system.to_string()).bind(now).bind(window as i64).bind(max_lane);
                 if let Some((lane, seq)) = after {
                     q = q.bind(lane).bind(seq);
                 }
@@ -592,7 +630,7 @@ impl Store {
             // Set-based from here: a few statements per claim, not a few per delivery.
             let mut items = Vec::with_capacity(heads.len());
             for row in &heads {
-                items.push((decode_delivery(row)?, row.try_get::<String, _>(18)?));
+                items.push((decode_delivery(row)?, row.try_get::<String, _>(19)?));
             }
             let keys: Vec<&String> = items.iter().filter(|(d, _)| d.kind == Kind::Change).map(|(_, k)| k).collect();
             let mut queued: Vec<(String, Delivery)> = Vec::new();
@@ -609,7 +647,7 @@ impl Store {
                     q = q.bind(k.as_str());
                 }
                 for row in q.fetch_all(&mut *tx).await? {
-                    queued.push((row.try_get(18)?, decode_delivery(&row)?));
+                    queued.push((row.try_get(19)?, decode_delivery(&row)?));
                 }
             }
             let mut targets = Vec::with_capacity(items.len());

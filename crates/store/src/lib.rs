@@ -13,6 +13,7 @@ mod activity;
 mod bulk;
 mod catalog;
 mod changes;
+mod checkpoint;
 pub mod conflicts;
 pub mod deliveries;
 mod dialect;
@@ -103,6 +104,8 @@ pub(crate) enum Backend {
         read: SqlitePool,
         /// Group commit on `write` for the busiest write paths (`on_write_tx!`).
         group: Arc<group::Group>,
+        /// The WAL checkpointer's own connection (`checkpoint`).
+        checkpointer: SqlitePool,
     },
     Postgres(PgPool),
 }
@@ -248,12 +251,15 @@ impl Store {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true);
-            let write = SqlitePoolOptions::new().max_connections(1).connect_with(opts.clone()).await?;
+            // No checkpoint inside the writer's commits: `checkpoint` runs them aside.
+            let writer = opts.clone().pragma("wal_autocheckpoint", "0");
+            let write = SqlitePoolOptions::new().max_connections(1).connect_with(writer).await?;
             // Readers never write, but are opened read-write: a read-only connection
             // cannot set the journal mode the writer needs.
-            let read = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
+            let read = SqlitePoolOptions::new().max_connections(4).connect_with(opts.clone()).await?;
+            let checkpointer = SqlitePoolOptions::new().max_connections(1).connect_with(opts).await?;
             let group = group::Group::new(write.clone(), metrics.clone());
-            Backend::Sqlite { write, read, group }
+            Backend::Sqlite { write, read, group, checkpointer }
         };
         let (wake, _) = watch::channel(0);
         let listening = watch::channel(false).0;
@@ -262,6 +268,9 @@ impl Store {
         let store = Store { inner: Arc::new(inner) };
         migrate::run(&store).await?;
         store.spawn_announcer();
+        if let Backend::Sqlite { checkpointer, .. } = &store.inner.backend {
+            checkpoint::spawn(Arc::downgrade(&store.inner), checkpointer.clone());
+        }
         Ok(store)
     }
 
@@ -379,7 +388,8 @@ impl Store {
     /// SQLite this checkpoints the WAL so the file is self-contained afterwards.
     pub async fn close(&self) {
         match &self.inner.backend {
-            Backend::Sqlite { write, read, .. } => {
+            Backend::Sqlite { write, read, checkpointer, .. } => {
+                checkpointer.close().await;
                 read.close().await;
                 let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(write).await;
                 write.close().await;

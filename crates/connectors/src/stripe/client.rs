@@ -3,12 +3,12 @@
 //! limit is per account), and Stripe's error body turned into a readable failure.
 //! Retriability is not decided here but in `retry`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::pacer::Pacer;
 use crate::{retry, Outcome};
 
 /// A Stripe call that did not succeed.
@@ -49,21 +49,16 @@ pub struct StripeClient {
     base: reqwest::Url,
     secret_key: String,
     http: reqwest::Client,
-    /// Earliest time the next request may start (a token bucket of burst 1).
-    next_slot: tokio::sync::Mutex<Instant>,
-    /// Spacing between requests in nanoseconds; changes with this node's share of
-    /// the limit (`set_rate`).
-    interval_ns: AtomicU64,
+    /// Spaces every call (pushes, polls, backfill) under this node's share of the
+    /// limit; waiting calls take turns by lane, so a live push is not queued
+    /// behind bulk pushes already waiting (`crate::pacer`).
+    pacer: Pacer,
 }
 
 /// Requests are spaced for this fraction of the configured rate: spacing at
 /// exactly the limit lets network jitter put one request too many into the
 /// server's one-second window (a 429, and a pause for `Retry-After`).
 const PACING_MARGIN: f64 = 0.97;
-
-fn interval_ns(rate: f64) -> u64 {
-    Duration::from_secs_f64(1.0 / (rate * PACING_MARGIN)).as_nanos() as u64
-}
 
 /// Form body as ordered pairs, e.g. `("metadata[syncflow_id]", "cust_…")`.
 pub type Form = Vec<(String, String)>;
@@ -81,42 +76,17 @@ impl StripeClient {
             .user_agent(concat!("syncflow/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| e.to_string())?;
-        Ok(Self {
-            system: system.to_string(),
-            base,
-            secret_key,
-            http,
-            next_slot: tokio::sync::Mutex::new(Instant::now()),
-            interval_ns: AtomicU64::new(interval_ns(rate)),
-        })
+        Ok(Self { system: system.to_string(), base, secret_key, http, pacer: Pacer::new(rate * PACING_MARGIN) })
     }
 
     /// Paces at `rate` requests per second from the next request on.
     pub fn set_rate(&self, rate: f64) {
-        self.interval_ns.store(interval_ns(rate), Ordering::Relaxed);
+        self.pacer.set_rate(rate * PACING_MARGIN);
     }
 
-    /// How long until a request could start without waiting (zero when the pacer is
-    /// busy being read: the caller will simply wait in `pace`).
-    pub fn pace_wait(&self) -> Duration {
-        match self.next_slot.try_lock() {
-            Ok(slot) => slot.saturating_duration_since(Instant::now()),
-            Err(_) => Duration::ZERO,
-        }
-    }
-
-    /// Waits for this request's turn under the rate limit.
+    /// Waits for this call's turn under the rate limit, in the caller's lane.
     async fn pace(&self) {
-        let wait = {
-            let mut slot = self.next_slot.lock().await;
-            let now = Instant::now();
-            let start = (*slot).max(now);
-            *slot = start + Duration::from_nanos(self.interval_ns.load(Ordering::Relaxed));
-            start - now
-        };
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
+        self.pacer.wait().await;
     }
 
     fn url(&self, path: &str) -> reqwest::Url {

@@ -85,10 +85,6 @@ impl Connector for StripeConnector {
         Some(self.timeout)
     }
 
-    fn pace_wait(&self) -> Option<Duration> {
-        Some(self.client.pace_wait())
-    }
-
     fn set_rate_share(&self, share: RateShare) {
         // One pacer covers pushes, polls and backfill: all of it runs at the share.
         self.client.set_rate(share.rate(self.rate));
