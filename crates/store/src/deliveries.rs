@@ -636,9 +636,13 @@ impl Store {
             let mut queued: Vec<(String, Delivery)> = Vec::new();
             if !keys.is_empty() {
                 let lock = if d == Dialect::Postgres { " FOR UPDATE" } else { "" };
+                // `deliveries_open`'s own predicate: SQLite uses a partial index only
+                // for a query that repeats its WHERE, and with the shorter list it read
+                // the whole table per claim (a claim's cost grew with the table). The
+                // in-flight rows this adds are heads themselves, never "later" below.
                 let sql = format!(
                     "SELECT {DELIVERY_COLUMNS}, ordering_key FROM deliveries
-                     WHERE system = $1 AND status IN ('pending', 'retrying') AND ordering_key IN ({})
+                     WHERE system = $1 AND status IN {UNFINISHED} AND ordering_key IN ({})
                      ORDER BY change_seq{lock}",
                     placeholders(2, keys.len())
                 );
