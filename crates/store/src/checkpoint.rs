@@ -55,3 +55,39 @@ pub(crate) fn spawn(store: Weak<Inner>, own: SqlitePool) {
         own.close().await;
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use crate::{Backend, Store};
+
+    /// The writer's commits never checkpoint, so something else must: pages written
+    /// reach the database file while the store runs, not only at `close`.
+    #[tokio::test]
+    async fn the_wal_reaches_the_database_file_while_the_store_runs() {
+        let file = std::env::temp_dir().join(format!("syncflow-ckpt-{}.db", syncflow_core::id::new_id("t")));
+        let store = Store::open(&format!("sqlite:{}", file.display())).await.unwrap();
+        let Backend::Sqlite { write, .. } = &store.inner.backend else { unreachable!() };
+        let size = || std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+        let before = size();
+        sqlx::query("CREATE TABLE filler (x TEXT)").execute(write).await.unwrap();
+        // ~4 MB in one commit: four times the 1,000 pages SQLite would checkpoint at.
+        sqlx::query(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 4000) \
+             INSERT INTO filler SELECT randomblob(1000) FROM n",
+        )
+        .execute(write)
+        .await
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while size() < before + 3_000_000 {
+            assert!(Instant::now() < deadline, "database file still {} bytes (was {before})", size());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        store.close().await;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+        }
+    }
+}

@@ -5,13 +5,13 @@
 use serde_json::json;
 use syncflow_core::CUSTOMER;
 use syncflow_store::testing::TestStore;
-use syncflow_store::{backend_tests, now_ms, DeliveryStatus, Finish, Route};
+use syncflow_store::{backend_tests, now_ms, DeliveryStatus, Finish, Route, LANE_BULK, LANE_LIVE};
 
 fn routes() -> Vec<Route> {
     vec![Route { system: "crm".into(), entities: vec!["customer".into()] }]
 }
 
-backend_tests!(claims_take_live_then_retries_then_bulk);
+backend_tests!(claims_take_live_then_retries_then_bulk, the_kept_slot_claims_live_changes_only);
 
 async fn claims_take_live_then_retries_then_bulk(t: TestStore) {
     let s = &t.store;
@@ -45,4 +45,29 @@ async fn claims_take_live_then_retries_then_bulk(t: TestStore) {
     }
     assert_eq!(order, vec![live.id, retried.id, bulk.id], "live, then retries, then bulk");
     assert_eq!(s.claim("crm", "n2", 10, 60_000, &[]).await.unwrap().len(), 0);
+}
+
+/// The engine's last free slot asks for live changes only (`claim_lanes` up to
+/// `LANE_LIVE`): queued bulk work is left for the other slots, and each claim
+/// carries its delivery's lane.
+async fn the_kept_slot_claims_live_changes_only(t: TestStore) {
+    let s = &t.store;
+    let body = |name: &str| json!({"name": name}).as_object().unwrap().clone();
+    let bulk = s.create(&CUSTOMER, &body("Bulk"), "crm").await.unwrap();
+    s.resync(&CUSTOMER, &bulk.id, "crm").await.unwrap();
+    s.dispatch(&routes(), 100).await.unwrap();
+    assert!(s.claim_lanes("crm", "n1", 5, 60_000, &[], LANE_LIVE).await.unwrap().is_empty(), "bulk waits");
+
+    let live = s.create(&CUSTOMER, &body("Live"), "api").await.unwrap();
+    s.dispatch(&routes(), 100).await.unwrap();
+    let c = s.claim_lanes("crm", "n1", 5, 60_000, &[], LANE_LIVE).await.unwrap();
+    assert_eq!(
+        c.iter().map(|c| (c.delivery.record_id.clone(), c.delivery.lane)).collect::<Vec<_>>(),
+        [(live.id, LANE_LIVE)]
+    );
+    let c = s.claim_lanes("crm", "n1", 5, 60_000, &[], LANE_BULK).await.unwrap();
+    assert_eq!(
+        c.iter().map(|c| (c.delivery.record_id.clone(), c.delivery.lane)).collect::<Vec<_>>(),
+        [(bulk.id, LANE_BULK)]
+    );
 }
