@@ -7,10 +7,10 @@
 //! pushes already waiting in the pacer would otherwise put a live change behind
 //! them, one request interval each.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -57,23 +57,31 @@ impl Lane {
 pub struct Pacer {
     interval_ns: AtomicU64,
     state: Mutex<State>,
-    /// Wakes waiters when the head of the line may have changed.
-    turn: Notify,
 }
 
 struct State {
     /// Earliest start of the next call.
     next: Instant,
-    waiting: BTreeSet<(Lane, u64)>,
+    /// The line, in serving order; each waiter is woken alone when it becomes the
+    /// head (not all at every turn: a system may have hundreds of calls waiting).
+    waiting: BTreeMap<(Lane, u64), Arc<Notify>>,
     tickets: u64,
+}
+
+impl State {
+    /// Wakes the head of the line (it sleeps until its turn from there).
+    fn wake_head(&self) {
+        if let Some(head) = self.waiting.values().next() {
+            head.notify_one();
+        }
+    }
 }
 
 impl Pacer {
     pub fn new(rate: f64) -> Self {
         Self {
             interval_ns: AtomicU64::new(interval_ns(rate)),
-            state: Mutex::new(State { next: Instant::now(), waiting: BTreeSet::new(), tickets: 0 }),
-            turn: Notify::new(),
+            state: Mutex::new(State { next: Instant::now(), waiting: BTreeMap::new(), tickets: 0 }),
         }
     }
 
@@ -102,25 +110,24 @@ impl Pacer {
 
     /// Waits for a turn in `lane`.
     pub async fn wait_in(&self, lane: Lane) {
+        // `notify_one` keeps a permit when nobody is waiting on it yet, so a wake-up
+        // between reading the line and waiting is not lost.
+        let turn = Arc::new(Notify::new());
         let me = {
             let mut s = self.lock();
             s.tickets += 1;
             let me = (lane, s.tickets);
-            s.waiting.insert(me);
+            s.waiting.insert(me, turn.clone());
             me
         };
         // Leaves the line if the caller gives up (a dropped future), so the
         // next in line is not kept waiting for it.
         let _place = Place { pacer: self, me };
         loop {
-            let notified = self.turn.notified();
-            tokio::pin!(notified);
-            // Registered before the state is read: no wake-up falls in between.
-            notified.as_mut().enable();
             let wait = {
                 let mut s = self.lock();
                 let now = Instant::now();
-                if s.waiting.first() != Some(&me) {
+                if s.waiting.keys().next() != Some(&me) {
                     None
                 } else if s.next <= now {
                     let interval = self.interval();
@@ -130,8 +137,7 @@ impl Pacer {
                     let start = if now - s.next < interval { s.next } else { now };
                     s.next = start + interval;
                     s.waiting.remove(&me);
-                    drop(s);
-                    self.turn.notify_waiters();
+                    s.wake_head();
                     return;
                 } else {
                     Some(s.next - now)
@@ -139,14 +145,15 @@ impl Pacer {
             };
             match wait {
                 // First in line: sleep until the turn (a caller of an earlier lane
-                // arriving meanwhile takes it instead; this one then waits again).
+                // arriving meanwhile takes it instead; this one is woken again when
+                // it is back at the head).
                 Some(d) => {
                     tokio::select! {
                         _ = tokio::time::sleep(d) => {}
-                        _ = &mut notified => {}
+                        _ = turn.notified() => {}
                     }
                 }
-                None => notified.await,
+                None => turn.notified().await,
             }
         }
     }
@@ -159,8 +166,9 @@ struct Place<'a> {
 
 impl Drop for Place<'_> {
     fn drop(&mut self) {
-        if self.pacer.lock().waiting.remove(&self.me) {
-            self.pacer.turn.notify_waiters();
+        let mut s = self.pacer.lock();
+        if s.waiting.remove(&self.me).is_some() {
+            s.wake_head();
         }
     }
 }
