@@ -551,6 +551,14 @@ impl Store {
         }
         on_write!(self, |pool, d| {
             let mut tx = pool.begin().await?;
+            if d == Dialect::Postgres {
+                // A claim need not wait for its WAL flush (which, under load, queues
+                // behind every other commit's): WAL is flushed in order, so the finish
+                // that follows a push makes its claim durable too, and a claim lost in
+                // a crash before that only repeats the push — under the same attempt
+                // and idempotency key, as after any crash mid-push.
+                sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
+            }
             let skip_locked = if d == Dialect::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
             // Only a record's head is eligible: the record's earliest unfinished
             // delivery. A correlated scalar subquery (one probe of `deliveries_open`
