@@ -68,15 +68,34 @@ async fn seed(url: String, bulk: usize) -> Result<()> {
         store.resync(&CUSTOMER, &r.id, "sink").await?;
     }
     store.close().await;
+    analyze(&url).await
+}
+
+/// A fresh database has no planner statistics; autovacuum gathers them within a
+/// minute of a bulk load. Without them the claim's per-record check picks a
+/// whole-queue index scan (see BENCHMARKS.md), so gather them now, as it would.
+async fn analyze(url: &str) -> Result<()> {
     if url.starts_with("postgres") {
-        // A fresh database has no planner statistics; autovacuum gathers them within
-        // a minute of a bulk load. Without them the claim's per-record check picks a
-        // whole-queue index scan (see BENCHMARKS.md), so gather them now, as it would.
-        let pool = sqlx::PgPool::connect(&url).await?;
-        sqlx::query("ANALYZE deliveries").execute(&pool).await?;
+        let pool = sqlx::PgPool::connect(url).await?;
+        sqlx::query("ANALYZE").execute(&pool).await?;
         pool.close().await;
     }
     Ok(())
+}
+
+/// Waits until the dispatcher has passed every change (each is a queued delivery).
+async fn dispatched(hub: &Hub, what: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let systems: Value = hub.get("/v1/systems").await?;
+        if systems["dispatch"]["lag"] == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the dispatcher did not catch up with {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 pub async fn live_under_bulk(env: Env, quick: bool) -> Result<Row> {
@@ -98,17 +117,7 @@ pub async fn live_under_bulk(env: Env, quick: bool) -> Result<Row> {
     let hub = env.start(&config(&receiver))?;
     // Lanes order claims, not the dispatcher (one pass over the change log in order):
     // measure once every bulk change is a queued delivery, while they drain.
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let systems: Value = hub.client.get(hub.url("/v1/systems")).send().await?.json().await?;
-        if systems["dispatch"]["lag"] == 0 {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the dispatcher did not catch up with the bulk changes");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    dispatched(&hub, "the bulk changes").await?;
     let busy = live_latencies(&hub, &receiver, "Live", live, gap).await?;
     let bulk_done = receiver.applied_count() - before - live;
     drop(hub);
@@ -154,14 +163,13 @@ async fn stripe_live_latencies(
     n: usize,
     gap: Duration,
 ) -> Result<(Vec<f64>, Value)> {
+    // name → (hub id, commit time)
     let mut committed = std::collections::HashMap::new();
-    let mut ids = Vec::with_capacity(n);
     for i in 0..n {
         let name = format!("{tag} {i}");
         let r = hub.post("/v1/customers", &json!({"name": name})).await?;
         let at = chrono::DateTime::parse_from_rfc3339(r["created_at"].as_str().unwrap_or_default())?;
-        committed.insert(name, at.with_timezone(&chrono::Utc));
-        ids.push((r["id"].as_str().unwrap_or_default().to_string(), at.with_timezone(&chrono::Utc)));
+        committed.insert(name, (r["id"].as_str().unwrap_or_default().to_string(), at.with_timezone(&chrono::Utc)));
         tokio::time::sleep(gap).await;
     }
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -171,13 +179,13 @@ async fn stripe_live_latencies(
             .iter()
             .filter(|(_, body)| body["type"] == "customer.created")
             .filter_map(|(wall, body)| {
-                let at = committed.get(body["data"]["object"]["name"].as_str()?)?;
+                let (_, at) = committed.get(body["data"]["object"]["name"].as_str()?)?;
                 Some((*wall - *at).num_microseconds()? as f64 / 1000.0)
             })
             .collect();
         if lat.len() >= n {
             lat.sort_by(|a, b| a.total_cmp(b));
-            return Ok((lat, breakdown(hub, &ids).await?));
+            return Ok((lat, breakdown(hub, committed.values()).await?));
         }
         if Instant::now() > deadline {
             bail!("only {} of {n} live changes reached Stripe", lat.len());
@@ -190,7 +198,7 @@ async fn stripe_live_latencies(
 /// commit → delivery row (`dispatch`), delivery row → push start (`claim`: waiting
 /// for a slot, a token and a claim), push start → end (`push`: the link read, the
 /// connector's pacer and the HTTP call).
-async fn breakdown(hub: &Hub, ids: &[(String, chrono::DateTime<chrono::Utc>)]) -> Result<Value> {
+async fn breakdown(hub: &Hub, ids: impl Iterator<Item = &(String, chrono::DateTime<chrono::Utc>)>) -> Result<Value> {
     let ms =
         |v: &Value| -> Option<i64> { Some(chrono::DateTime::parse_from_rfc3339(v.as_str()?).ok()?.timestamp_millis()) };
     let (mut dispatch, mut claim, mut push) = (Vec::new(), Vec::new(), Vec::new());
@@ -226,12 +234,7 @@ async fn seed_unlinked(url: String, n: usize) -> Result<()> {
     let head = store.head_seq().await?;
     store.set_cursor("dispatch", &head.to_string()).await?;
     store.close().await;
-    if url.starts_with("postgres") {
-        let pool = sqlx::PgPool::connect(&url).await?;
-        sqlx::query("ANALYZE").execute(&pool).await?;
-        pool.close().await;
-    }
-    Ok(())
+    analyze(&url).await
 }
 
 /// The lane figure: live changes' commit → delivery p99 while a backfill
@@ -273,17 +276,7 @@ pub async fn live_under_backfill(env: Env, quick: bool) -> Result<Row> {
     }
     let enqueue_secs = started.elapsed().as_secs_f64();
     // Measure once every backfill change is a queued delivery, while they drain.
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let systems: Value = hub.get("/v1/systems").await?;
-        if systems["dispatch"]["lag"] == 0 {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the dispatcher did not catch up with the backfill");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    dispatched(&hub, "the backfill").await?;
     let (busy, busy_parts) = stripe_live_latencies(&hub, &seen, "Live", live, gap).await?;
     let during = stripe.stats();
     let backfilled = during.customers.saturating_sub(before.customers + live);

@@ -236,11 +236,8 @@ impl Pipeline {
         }
         p.enqueued += self.store().enqueue_backfill(entity, &export, self.system()).await? as u64;
         progress(p);
-        Ok((
-            page.data.last().map(|r| r.id.clone()),
-            page.data.last().map(|r| r.id.clone()).filter(|_| page.has_more),
-            false,
-        ))
+        let last = page.data.last().map(|r| r.id.clone());
+        Ok((last.clone(), last.filter(|_| page.has_more), false))
     }
 
     /// Whether a hub record needs exporting (`None`) or why not.

@@ -362,9 +362,10 @@ impl Engine {
             let free = system.slots.available_permits();
             // Past the kept slot any lane may be claimed (live still first); the
             // kept slot itself takes live changes only.
-            let (calls, max_lane) = match free > reserved {
-                true => (free - reserved, LANE_BULK),
-                false => (if live_unchecked { free } else { 0 }, LANE_LIVE),
+            let (calls, max_lane) = if free > reserved {
+                (free - reserved, LANE_BULK)
+            } else {
+                (if live_unchecked { free } else { 0 }, LANE_LIVE)
             };
             let mut tokens = if paused || calls == 0 { 0 } else { self.tokens(&system, calls.min(CLAIM_BATCH)) };
             let claimed = if tokens == 0 {

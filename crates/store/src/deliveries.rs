@@ -370,71 +370,11 @@ impl Store {
                 for route in routes.iter().filter(|r| {
                     r.system != origin && only.is_none_or(|s| s == r.system) && r.entities.contains(&entity)
                 }) {
-                    // The breaker, for hub-side deletions of records linked to a guarded system.
+                    // The breaker, for hub-side deletions to a guarded system.
                     let guard = guards.iter().find(|g| g.system == route.system);
-                    if let (Some(g), true) = (guard, op == "delete" && oh::hub_side(&origin, routes)) {
-                        let external_id: Option<String> = sqlx::query_scalar(oh::LINKED_EXTERNAL_ID)
-                            .bind(&entity)
-                            .bind(&record_id)
-                            .bind(&route.system)
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                        if let Some(external_id) = external_id {
-                            let key = (route.system.clone(), origin.clone());
-                            if !tallies.origins.contains_key(&key) {
-                                let open: i64 = sqlx::query_scalar(oh::OPEN_OUTWARD_HOLDS)
-                                    .bind(&route.system)
-                                    .bind(&origin)
-                                    .fetch_one(&mut *tx)
-                                    .await?;
-                                let recent: i64 = sqlx::query_scalar(oh::RECENT_DELETES)
-                                    .bind(&route.system)
-                                    .bind(now - g.window_ms)
-                                    .bind(&origin)
-                                    .fetch_one(&mut *tx)
-                                    .await?;
-                                tallies.origins.insert(key.clone(), oh::Tally { open, recent });
-                            }
-                            let lkey = (route.system.clone(), entity.clone());
-                            if !tallies.links.contains_key(&lkey) {
-                                let n: i64 = sqlx::query_scalar(oh::LINKS_OF)
-                                    .bind(&route.system)
-                                    .bind(&entity)
-                                    .fetch_one(&mut *tx)
-                                    .await?;
-                                tallies.links.insert(lkey.clone(), n);
-                            }
-                            let tally = tallies.origins.get_mut(&key).expect("inserted above");
-                            if let Some(why) = g.verdict(&origin, tally, tallies.links[&lkey]) {
-                                let id: Option<i64> = sqlx::query_scalar(oh::INSERT_HELD_DELIVERY)
-                                    .bind(seq)
-                                    .bind(&route.system)
-                                    .bind(&entity)
-                                    .bind(&record_id)
-                                    .bind(format!("{entity}/{record_id}"))
-                                    .bind(now)
-                                    .bind(format!("held by the mass-delete breaker: {why}"))
-                                    .fetch_optional(&mut *tx)
-                                    .await?;
-                                if let Some(id) = id {
-                                    sqlx::query(oh::INSERT_OUTWARD_HOLD)
-                                        .bind(&route.system)
-                                        .bind(&entity)
-                                        .bind(&record_id)
-                                        .bind(&external_id)
-                                        .bind(&origin)
-                                        .bind(id)
-                                        .bind(&why)
-                                        .bind(now)
-                                        .execute(&mut *tx)
-                                        .await?;
-                                    tally.open += 1;
-                                    tracing::warn!(system = %route.system, origin = %origin, record = %record_id,
-                                        "mass-delete breaker held a deletion: {why}");
-                                }
-                                continue;
-                            }
-                            tally.recent += 1;
+                    if let Some(g) = guard.filter(|_| op == "delete" && oh::hub_side(&origin, routes)) {
+                        if oh::hold_deletion!(tx, tallies, g, now, seq, &entity, &record_id, &origin) {
+                            continue;
                         }
                     }
                     created += sqlx::query(INSERT_DELIVERY_LANE)
@@ -1148,34 +1088,28 @@ async fn finish_many_pg(pg: &sqlx::PgPool, owner: &str, items: &[(&Delivery, &Fi
     .bind(&attempts)
     .fetch_all(&mut *tx)
     .await?;
-    let updated: std::collections::HashSet<i64> = updated.into_iter().collect();
-    let results: Vec<bool> = ids.iter().map(|id| updated.contains(id)).collect();
-    let keep = |v: &[i64]| -> Vec<i64> { v.iter().zip(&results).filter(|(_, k)| **k).map(|(x, _)| *x).collect() };
-    let keep_opt = |v: &[Option<i64>]| -> Vec<Option<i64>> {
-        v.iter().zip(&results).filter(|(_, k)| **k).map(|(x, _)| *x).collect()
-    };
-    let keep_text = |v: &[Option<String>]| -> Vec<Option<String>> {
-        v.iter().zip(&results).filter(|(_, k)| **k).map(|(x, _)| x.clone()).collect()
-    };
-    let kept_statuses: Vec<String> =
-        statuses.iter().zip(&results).filter(|(_, k)| **k).map(|(s, _)| s.clone()).collect();
     if !updated.is_empty() {
+        // The same arrays, for the rows the fenced update took ($8).
         sqlx::query(
             "INSERT INTO delivery_attempts (delivery_id, attempt, outcome, http_status, remarks, duration_ms, at) \
              SELECT v.id, v.attempt, v.outcome, v.http, v.remarks, v.duration, $1 \
              FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::bigint[], $6::text[], $7::bigint[]) \
-                  AS v(id, attempt, outcome, http, remarks, duration)",
+                  AS v(id, attempt, outcome, http, remarks, duration) \
+             WHERE v.id = ANY($8::bigint[])",
         )
         .bind(now)
-        .bind(keep(&ids))
-        .bind(keep(&attempts))
-        .bind(&kept_statuses)
-        .bind(keep_opt(&https))
-        .bind(keep_text(&remarks))
-        .bind(keep(&durations))
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(&statuses)
+        .bind(&https)
+        .bind(&remarks)
+        .bind(&durations)
+        .bind(&updated)
         .execute(&mut *tx)
         .await?;
     }
+    let taken: std::collections::HashSet<i64> = updated.into_iter().collect();
+    let results: Vec<bool> = ids.iter().map(|id| taken.contains(id)).collect();
     for ((delivery, f), _) in items.iter().zip(&results).filter(|(_, k)| **k) {
         link_and_callback!(tx, delivery, f, now);
     }

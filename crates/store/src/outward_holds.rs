@@ -78,6 +78,80 @@ impl DeleteGuard {
     }
 }
 
+/// The breaker's part of a dispatch pass for one hub-side deletion routed to the
+/// system of `$g` (a `DeleteGuard`): reads the record's link and, once per pass, the
+/// (system, origin) tally and the system's link count (`$tallies`, a `Tallies`);
+/// past the guard's settings it creates the `held` delivery and its hold and yields
+/// true; otherwise it counts the deletion and yields false (dispatch it as usual).
+/// A record not linked there is not counted: its deletion reaches nothing.
+macro_rules! hold_deletion {
+    ($tx:expr, $tallies:expr, $g:expr, $now:expr, $seq:expr, $entity:expr, $record_id:expr, $origin:expr) => {
+        'decided: {
+            use $crate::outward_holds as oh;
+            let (g, entity, record_id, origin): (&oh::DeleteGuard, &String, &String, &String) =
+                ($g, $entity, $record_id, $origin);
+            let external_id: Option<String> = sqlx::query_scalar(oh::LINKED_EXTERNAL_ID)
+                .bind(entity)
+                .bind(record_id)
+                .bind(&g.system)
+                .fetch_optional(&mut *$tx)
+                .await?;
+            let Some(external_id) = external_id else { break 'decided false };
+            let key = (g.system.clone(), origin.clone());
+            if !$tallies.origins.contains_key(&key) {
+                let open: i64 =
+                    sqlx::query_scalar(oh::OPEN_OUTWARD_HOLDS).bind(&g.system).bind(origin).fetch_one(&mut *$tx).await?;
+                let recent: i64 = sqlx::query_scalar(oh::RECENT_DELETES)
+                    .bind(&g.system)
+                    .bind($now - g.window_ms)
+                    .bind(origin)
+                    .fetch_one(&mut *$tx)
+                    .await?;
+                $tallies.origins.insert(key.clone(), oh::Tally { open, recent });
+            }
+            let lkey = (g.system.clone(), entity.clone());
+            if !$tallies.links.contains_key(&lkey) {
+                let n: i64 = sqlx::query_scalar(oh::LINKS_OF).bind(&g.system).bind(entity).fetch_one(&mut *$tx).await?;
+                $tallies.links.insert(lkey.clone(), n);
+            }
+            let linked = $tallies.links[&lkey];
+            let tally = $tallies.origins.get_mut(&key).expect("inserted above");
+            let Some(why) = g.verdict(origin, tally, linked) else {
+                tally.recent += 1;
+                break 'decided false;
+            };
+            let id: Option<i64> = sqlx::query_scalar(oh::INSERT_HELD_DELIVERY)
+                .bind($seq)
+                .bind(&g.system)
+                .bind(entity)
+                .bind(record_id)
+                .bind(format!("{entity}/{record_id}"))
+                .bind($now)
+                .bind(format!("held by the mass-delete breaker: {why}"))
+                .fetch_optional(&mut *$tx)
+                .await?;
+            if let Some(id) = id {
+                sqlx::query(oh::INSERT_OUTWARD_HOLD)
+                    .bind(&g.system)
+                    .bind(entity)
+                    .bind(record_id)
+                    .bind(&external_id)
+                    .bind(origin)
+                    .bind(id)
+                    .bind(&why)
+                    .bind($now)
+                    .execute(&mut *$tx)
+                    .await?;
+                tally.open += 1;
+                tracing::warn!(system = %g.system, origin = %origin, record = %record_id,
+                    "mass-delete breaker held a deletion: {why}");
+            }
+            true
+        }
+    };
+}
+pub(crate) use hold_deletion;
+
 /// $1 entity, $2 record id, $3 system → the record's external id there.
 pub(crate) const LINKED_EXTERNAL_ID: &str =
     "SELECT external_id FROM links WHERE entity = $1 AND record_id = $2 AND system = $3";

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use syncflow_core::CUSTOMER;
 use syncflow_engine::backfill::{Direction, Progress};
-use syncflow_engine::{Engine, SystemConfig};
+use syncflow_engine::{ClusterSettings, Engine, SystemConfig};
 use syncflow_store::{now_ms, BulkProgress, Store};
 
 use crate::config::Config;
@@ -23,9 +23,6 @@ pub enum Way {
     Export,
     Both,
 }
-
-/// How long a node may be silent and still count as running (the cluster's timeout).
-const NODE_TIMEOUT_MS: i64 = 10_000;
 
 pub async fn run(store: Store, config: &Config, system: &str, way: Way, restart: bool, wait: bool) -> Result<()> {
     let table = config
@@ -99,17 +96,15 @@ async fn wait_for_delivery(
     enqueued: i64,
 ) -> Result<()> {
     let total = |p: &BulkProgress| p.unfinished + p.delivered + p.dead + p.skipped;
+    // A node silent for longer than the cluster's timeout is not running.
+    let timeout_ms = ClusterSettings::default().timeout.as_millis() as i64;
     let started = Instant::now();
-    let tty = std::io::stderr().is_terminal();
-    let mut drawn = false;
+    let mut line = ProgressLine::new("export");
     loop {
         let p = pipeline.backfill_deliveries().await?;
-        let finished = |p: &BulkProgress| total(p) - p.unfinished - (total(&before) - before.unfinished);
         // Every enqueued change has its delivery (dispatched) and none is unfinished.
         if total(&p) >= total(&before) + enqueued && p.unfinished == 0 {
-            if drawn {
-                eprintln!();
-            }
+            line.finish();
             let (delivered, dead) = (p.delivered - before.delivered, p.dead - before.dead);
             println!(
                 "export: {delivered} delivered, {dead} dead, {} skipped by {system} in {:.1}s",
@@ -121,21 +116,16 @@ async fn wait_for_delivery(
             }
             return Ok(());
         }
-        let live = store.nodes().await?.iter().any(|n| now_ms() - n.last_seen_ms < NODE_TIMEOUT_MS);
-        if !live {
-            if drawn {
-                eprintln!();
-            }
+        if !store.nodes().await?.iter().any(|n| now_ms() - n.last_seen_ms < timeout_ms) {
+            line.finish();
             println!(
                 "export: no hub node is running; `syncflow serve` delivers the {} enqueued export(s) (bulk lane)",
                 total(&before) + enqueued - total(&p) + p.unfinished
             );
             return Ok(());
         }
-        if tty {
-            eprint!("\rexport: {}/{enqueued} delivered by the hub\x1b[K", finished(&p).max(0));
-            drawn = true;
-        }
+        let finished = (total(&p) - p.unfinished) - (total(&before) - before.unfinished);
+        line.draw(format!("{}/{enqueued} delivered by the hub", finished.max(0)));
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -165,12 +155,16 @@ impl ProgressLine {
             }
             None => format!("{} seen", p.seen),
         };
+        self.draw(format!("{bar}  created {}  linked {}  failed {}", p.created, p.linked, p.failed));
+    }
+
+    /// Redraws the line as `label: text` (on a terminal only).
+    fn draw(&mut self, text: String) {
+        if !self.tty {
+            return;
+        }
         let mut err = std::io::stderr();
-        let _ = write!(
-            err,
-            "\r{}: {bar}  created {}  linked {}  failed {}\x1b[K",
-            self.label, p.created, p.linked, p.failed
-        );
+        let _ = write!(err, "\r{}: {text}\x1b[K", self.label);
         let _ = err.flush();
         self.drawn = true;
     }

@@ -84,11 +84,6 @@ impl StripeClient {
         self.pacer.set_rate(rate * PACING_MARGIN);
     }
 
-    /// Waits for this call's turn under the rate limit, in the caller's lane.
-    async fn pace(&self) {
-        self.pacer.wait().await;
-    }
-
     fn url(&self, path: &str) -> reqwest::Url {
         self.base.join(path).expect("API paths are relative and valid")
     }
@@ -120,7 +115,8 @@ impl StripeClient {
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<Value, ApiFailure> {
-        self.pace().await;
+        // This call's turn under the rate limit, in the caller's lane.
+        self.pacer.wait().await;
         let resp = req.bearer_auth(&self.secret_key).send().await.map_err(|e| {
             let reason = match retry::classify_transport(&self.system, &e) {
                 Outcome::Retry { reason, .. } => reason,
